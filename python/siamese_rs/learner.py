@@ -1,0 +1,167 @@
+"""fastai's `vision.learner` building blocks over the Rust core: `create_body`, `create_head`,
+`model_meta` and the splits, following fastai 2.8.12 rule for rule."""
+import re
+
+from torch import nn
+
+from . import _core, models
+from ._engine import RustModule, build
+from .exceptions import ArgumentError, ArgumentTypeError, StructureError, UnknownArchError
+from .layers import Conv2d, Sequential
+
+__all__ = ['model_meta', 'has_pool_type', 'cut_model', 'create_body', 'create_head', 'default_split', 'params',
+           'arch_name']
+
+imagenet_stats = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def params(m):
+    "Return all parameters of `m`"
+    return [p for p in m.parameters()]
+
+
+def _is_pool_type(l): return re.search(r'Pool[123]d$', l.__class__.__name__)
+
+
+def has_pool_type(m):
+    "Return `True` if `m` is a pooling layer or has one in its children"
+    if _is_pool_type(m): return True
+    return any(has_pool_type(l) for l in m.children())
+
+
+def default_split(m):
+    "Default split of a model between body and head"
+    return [params(m[0]), params(m[1:])]
+
+
+def _path(m, path):
+    for i in path: m = m[i]
+    return m
+
+
+def _make_split(path, at):
+    def split(m):
+        body = _path(m, path)
+        return [params(body[:at]), params(body[at:]), params(m[1:])]
+    return split
+
+
+def _meta(row):
+    meta = {'cut': row['cut'], 'split': _make_split(row['split_path'], row['split_at']),
+            'stats': tuple(list(s) for s in row['stats'])}
+    meta['split'].__name__ = f"_{row['family']}_split"
+    if row['tv_weights']: meta['weights'] = 'DEFAULT'
+    return meta
+
+
+def _reference_fns(name):
+    "The torchvision / fastai arch functions fastai keys `model_meta` by, when importable"
+    import torchvision.models as tvm
+    fns = [getattr(tvm, name, None)]
+    if name.startswith('xresnet'):
+        try:
+            from fastai.vision.models import xresnet
+            fns = [getattr(xresnet, name, None)]
+        except ImportError: fns = []
+    return [f for f in fns if f is not None]
+
+
+def _build_model_meta():
+    meta, by_name = {}, {}
+    for name, row in models.ARCHS.items():
+        m = by_name[name] = _meta(row)
+        meta[getattr(models, name)] = m
+        for f in _reference_fns(name): meta[f] = m
+    return meta, by_name
+
+
+model_meta, _META_BY_NAME = _build_model_meta()
+
+
+def arch_name(arch):
+    "The arch-table name of `arch` (our function, torchvision's or fastai's), or None"
+    name = getattr(arch, '__name__', None)
+    return name if name in models.ARCHS and arch in model_meta else None
+
+
+def _get_first_layer(m):
+    "Access first layer of a model"
+    c, p, n = m, None, None
+    for n in next(m.named_parameters())[0].split('.')[:-1]:
+        p, c = c, getattr(c, n)
+    return c, p, n
+
+
+def _update_first_layer(model, n_in, pretrained):
+    "Change first layer based on number of input channels"
+    if n_in == 3: return
+    if not isinstance(n_in, int) or isinstance(n_in, bool) or n_in < 1:
+        raise ArgumentError(f'create_body: n_in must be a positive int (input channels), got {n_in!r}')
+    first, parent, name = _get_first_layer(model)
+    if not isinstance(first, nn.Conv2d):
+        raise StructureError(f'create_body: changing n_in needs a Conv2d first layer, found {type(first).__name__}')
+    if first.in_channels != 3:
+        raise ArgumentError(f'create_body: the first conv takes {first.in_channels} channels, expected 3 to adapt to n_in')
+    k, s, p = first.kernel_size, first.stride, first.padding
+    if k[0] != k[1] or s[0] != s[1] or isinstance(p, str) or p[0] != p[1] or first.groups != 1:
+        raise StructureError(f'create_body: n_in != 3 needs a square, ungrouped first conv, found {first}')
+    w = first.weight.data if pretrained else None
+    setattr(parent, name, build(_core.first_conv(first.out_channels, k[0], s[0], p[0], first.bias is not None, n_in, w)))
+
+
+def cut_model(model, cut):
+    "Cut an instantiated model"
+    if isinstance(cut, int) and not isinstance(cut, bool): return Sequential(*list(model.children())[:cut])
+    if callable(cut): return cut(model)
+    raise ArgumentTypeError(f'create_body: cut must be None, an int or a function, got {type(cut).__name__} {cut!r}')
+
+
+def _as_model(model, pretrained):
+    "`model` as our module tree: an arch function is called, a reference model converted"
+    if isinstance(model, RustModule): return model
+    if isinstance(model, nn.Module): return models.from_torch(model)
+    if callable(model):
+        name = arch_name(model)
+        if name is None:
+            known = ', '.join(models.ARCHS)
+            raise UnknownArchError(f'create_body: unknown architecture {getattr(model, "__name__", model)!r}; '
+                                   f'expected a model or one of {known}')
+        return getattr(models, name)(pretrained=pretrained)
+    raise ArgumentTypeError(f'create_body: model must be an nn.Module or an arch function, got {type(model).__name__}')
+
+
+def create_body(model, n_in=3, pretrained=True, cut=None):
+    "Cut off the body of a typically pretrained `arch` as determined by `cut`"
+    model = _as_model(model, pretrained)
+    _update_first_layer(model, n_in, pretrained)
+    if cut is None:
+        ll = list(enumerate(model.children()))
+        cut = next((i for i, o in reversed(ll) if has_pool_type(o)), None)
+        if cut is None: raise ArgumentError('create_body: cut=None needs a child with a pooling layer; pass cut')
+    return cut_model(model, cut)
+
+
+def _ps_list(ps):
+    if isinstance(ps, (int, float)) and not isinstance(ps, bool): return [float(ps)]
+    try: return [float(p) for p in ps]
+    except TypeError: raise ArgumentTypeError(f'create_head: ps must be a float or a list of floats, got {ps!r}') from None
+
+
+def _int_arg(name, v):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ArgumentTypeError(f'create_head: {name} must be an int, got {type(v).__name__} {v!r}')
+    return v
+
+
+def create_head(nf, n_out, lin_ftrs=None, ps=0.5, pool=True, concat_pool=True, first_bn=True, bn_final=False,
+                lin_first=False, y_range=None):
+    "Model head that takes `nf` features, runs through `lin_ftrs`, and out `n_out` classes."
+    lin_ftrs = None if lin_ftrs is None else [_int_arg('lin_ftrs', f) for f in lin_ftrs]
+    if y_range is not None:
+        if len(y_range) != 2: raise ArgumentError(f'create_head: y_range must be (low, high), got {y_range!r}')
+    tree = _core.create_head(_int_arg('nf', nf), _int_arg('n_out', n_out), lin_ftrs, _ps_list(ps), bool(pool),
+                             bool(concat_pool), bool(first_bn), bool(bn_final), bool(lin_first),
+                             None if y_range is None else tuple(float(v) for v in y_range))
+    head = build(tree)
+    if y_range is not None: head[-1].low, head[-1].high = y_range  # keep the user's numbers, as fastai does
+    return head

@@ -1,0 +1,87 @@
+"""Pretrained and saved weights: torch's hub cache, `.pth` state dicts (read with
+`weights_only=True`, so no pickled code runs) and `.safetensors` files."""
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .exceptions import ArgumentTypeError, WeightsError, WeightsNotFoundError
+
+__all__ = ['load_pretrained', 'load_weights', 'read_state_dict', 'hub_checkpoints']
+
+# torchvision renames densenet's legacy keys ('denselayer1.norm.1') on load; so do we.
+_DENSENET_KEY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
+
+
+def hub_checkpoints():
+    "The folder torch's hub keeps downloaded weights in (`$TORCH_HOME/hub/checkpoints`)"
+    return Path(torch.hub.get_dir()) / 'checkpoints'
+
+
+def read_state_dict(path):
+    "A state dict from a `.pth`/`.pt` (weights only) or `.safetensors` file"
+    path = Path(path)
+    if not path.is_file(): raise WeightsNotFoundError(f'weights file {str(path)!r} does not exist')
+    try:
+        if path.suffix == '.safetensors':
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise WeightsError(f'cannot read weights file {str(path)!r}: {str(e).splitlines()[0]}') from None
+    if isinstance(sd, dict) and 'model' in sd and isinstance(sd['model'], dict): sd = sd['model']
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f'weights file {str(path)!r} does not hold a state dict of tensors')
+    return {_DENSENET_KEY.sub(lambda m: m.group(1) + m.group(2), k): v for k, v in sd.items()}
+
+
+def _check_fit(model, sd, strict=True):
+    "Raise `WeightsError` listing missing, unexpected and mis-shaped keys"
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd] if strict else []
+    unexpected = [k for k in sd if k not in own] if strict else []
+    shapes = [f'{k}: model {tuple(own[k].shape)}, file {tuple(v.shape)}' for k, v in sd.items()
+              if k in own and own[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f'{n} ({len(v)}): {", ".join(v[:8])}{" ..." if len(v) > 8 else ""}'
+                 for n, v in (('missing keys', missing), ('unexpected keys', unexpected), ('mis-shaped keys', shapes))
+                 if v]
+        raise WeightsError(f'weights do not fit {type(model).__name__}: ' + '; '.join(parts))
+
+
+def load_weights(model, source, strict=True):
+    "Load a state dict or a weights file (`.pth`, `.safetensors`) into `model`; unchanged on error"
+    if isinstance(source, (str, os.PathLike)): sd = read_state_dict(source)
+    elif isinstance(source, dict): sd = source
+    else: raise ArgumentTypeError(f'weights: expected a path or a state dict, got {type(source).__name__}')
+    _check_fit(model, sd, strict)
+    model.load_state_dict(sd, strict=strict)
+    return model
+
+
+def load_pretrained(model, arch, weights=None, progress=True):
+    "Load fastai's ImageNet weights for `arch` from the hub cache (downloading them if there is a network)"
+    from .models import ARCHS
+    if weights is not None and not (isinstance(weights, str) and weights.isupper()):
+        return load_weights(model, weights)  # a path or a state dict, not a name like 'DEFAULT'
+    meta = ARCHS[arch]
+    if meta['weights_file'] is None:
+        raise WeightsNotFoundError(f'{arch} has no pretrained ImageNet weights; use pretrained=False')
+    file, url = meta['weights_file'], meta['weights_url']
+    path = hub_checkpoints() / file
+    if not path.is_file(): _download(arch, url, path, progress)
+    return load_weights(model, path, strict=meta['family'] != 'xresnet')
+
+
+def _download(arch, url, path, progress):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=progress)
+    except Exception as e:
+        raise WeightsNotFoundError(
+            f'pretrained weights for {arch} are not in the hub cache and could not be downloaded '
+            f'({type(e).__name__}). Place the file {path.name} in {path.parent} '
+            f'(from {url}, or copy it from a machine with torchvision: it is the file '
+            f'torchvision downloads), or use pretrained=False.') from None

@@ -1,0 +1,126 @@
+//! ResNet, as torchvision builds it: "Deep Residual Learning for Image Recognition"
+//! (He et al., 2015), with the stride on the 3×3 conv of the bottleneck (ResNet v1.5).
+//! Child names and order follow torchvision, so `state_dict` keys are the same.
+use crate::error::Result;
+use crate::nn::init::{batch_norm, conv2d, conv_cfg, linear, max_pool, relu, Init, BN};
+use crate::nn::{Kind, Node, Value};
+
+const FAN_OUT: Init = Init::KaimingNormal { fan_out: true };
+
+fn conv(cin: i64, cout: i64, k: i64, stride: i64) -> Result<Node> {
+    conv2d(
+        conv_cfg(cin, cout, k).stride(stride).padding(k / 2),
+        FAN_OUT,
+    )
+}
+
+fn bn(c: i64) -> Result<Node> {
+    batch_norm(Kind::BatchNorm2d, c, BN)
+}
+
+fn named(children: Vec<(&str, Node)>) -> Vec<(String, Node)> {
+    children
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect()
+}
+
+fn downsample(cin: i64, cout: i64, stride: i64) -> Result<Option<Node>> {
+    if stride == 1 && cin == cout {
+        return Ok(None);
+    }
+    Ok(Some(Node::seq(vec![
+        conv(cin, cout, 1, stride)?,
+        bn(cout)?,
+    ])))
+}
+
+fn basic_block(cin: i64, planes: i64, stride: i64) -> Result<Node> {
+    let mut c = named(vec![
+        ("conv1", conv(cin, planes, 3, stride)?),
+        ("bn1", bn(planes)?),
+        ("relu", relu(true)),
+        ("conv2", conv(planes, planes, 3, 1)?),
+        ("bn2", bn(planes)?),
+    ]);
+    c.extend(downsample(cin, planes, stride)?.map(|d| ("downsample".to_string(), d)));
+    Ok(Node::with_children(
+        Kind::BasicBlock,
+        vec![Value::Int(stride)],
+        c,
+    ))
+}
+
+fn bottleneck(cin: i64, planes: i64, stride: i64) -> Result<Node> {
+    let mut c = named(vec![
+        ("conv1", conv(cin, planes, 1, 1)?),
+        ("bn1", bn(planes)?),
+        ("conv2", conv(planes, planes, 3, stride)?),
+        ("bn2", bn(planes)?),
+        ("conv3", conv(planes, planes * 4, 1, 1)?),
+        ("bn3", bn(planes * 4)?),
+        ("relu", relu(true)),
+    ]);
+    c.extend(downsample(cin, planes * 4, stride)?.map(|d| ("downsample".to_string(), d)));
+    Ok(Node::with_children(
+        Kind::Bottleneck,
+        vec![Value::Int(stride)],
+        c,
+    ))
+}
+
+/// The generic builder: `bottleneck` picks the block, `layers` the blocks per stage.
+fn resnet(bottleneck_blocks: bool, layers: [usize; 4]) -> Result<Node> {
+    let expansion = if bottleneck_blocks { 4 } else { 1 };
+    let mut children = named(vec![
+        (
+            "conv1",
+            conv2d(conv_cfg(3, 64, 7).stride(2).padding(3), FAN_OUT)?,
+        ),
+        ("bn1", bn(64)?),
+        ("relu", relu(true)),
+        ("maxpool", max_pool(3, 2, 1, false)),
+    ]);
+    let mut cin = 64;
+    for (i, (&n, planes)) in layers.iter().zip([64, 128, 256, 512]).enumerate() {
+        let stride = if i == 0 { 1 } else { 2 };
+        let blocks = (0..n)
+            .map(|j| {
+                let s = if j == 0 { stride } else { 1 };
+                let block = if bottleneck_blocks {
+                    bottleneck(cin, planes, s)
+                } else {
+                    basic_block(cin, planes, s)
+                };
+                cin = planes * expansion;
+                block
+            })
+            .collect::<Result<Vec<_>>>()?;
+        children.push((format!("layer{}", i + 1), Node::seq(blocks)));
+    }
+    children.push((
+        "avgpool".to_string(),
+        crate::nn::init::adaptive_avg_pool(Value::Ints(vec![1, 1])),
+    ));
+    children.push((
+        "fc".to_string(),
+        linear(512 * expansion, 1000, true, Init::Default)?,
+    ));
+    Ok(Node::with_children(Kind::ResNet, vec![], children))
+}
+
+pub fn resnet18() -> Result<Node> {
+    resnet(false, [2, 2, 2, 2])
+}
+pub fn resnet34() -> Result<Node> {
+    resnet(false, [3, 4, 6, 3])
+}
+pub fn resnet50() -> Result<Node> {
+    resnet(true, [3, 4, 6, 3])
+}
+pub fn resnet101() -> Result<Node> {
+    resnet(true, [3, 4, 23, 3])
+}
+pub fn resnet152() -> Result<Node> {
+    resnet(true, [3, 8, 36, 3])
+}

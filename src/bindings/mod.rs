@@ -1,0 +1,170 @@
+//! The Python module `siamese_rs._core`: thin wrappers over the core, nothing more.
+mod convert;
+mod errors;
+
+use crate::arch::{self, ARCHS};
+use crate::head::HeadCfg;
+use crate::nn::exec::FlatModule;
+use crate::nn::init::ConvCfg;
+use crate::nn::{Graph, Kind};
+use convert::{kind_from_name, node_to_py, tensor_to_py, value_from_py};
+use errors::IntoPy;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3_tch::PyTensor;
+
+/// `{kind: (field, ...)}`: the settings each module kind carries, in travel order.
+#[pyfunction]
+fn kinds(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    for k in Kind::ALL {
+        d.set_item(k.name(), PyTuple::new(py, k.fields())?)?;
+    }
+    Ok(d)
+}
+
+/// The arch table as a list of dicts.
+#[pyfunction]
+fn archs(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
+    let rows = PyList::empty(py);
+    for a in ARCHS {
+        let d = PyDict::new(py);
+        d.set_item("name", a.name)?;
+        d.set_item("family", a.family)?;
+        d.set_item("cut", a.cut)?;
+        d.set_item("split_path", a.split.path.to_vec())?;
+        d.set_item("split_at", a.split.at)?;
+        d.set_item("weights_file", a.weights.map(|w| w.0))?;
+        d.set_item("weights_url", a.weights.map(|w| w.1))?;
+        d.set_item("tv_weights", a.tv_weights)?;
+        d.set_item(
+            "stats",
+            (
+                arch::IMAGENET_STATS.0.to_vec(),
+                arch::IMAGENET_STATS.1.to_vec(),
+            ),
+        )?;
+        rows.append(d)?;
+    }
+    Ok(rows)
+}
+
+/// The full model of arch `name` with fresh weights, as a tree for Python.
+#[pyfunction]
+fn build_arch(py: Python<'_>, name: &str) -> PyResult<PyObject> {
+    let node = arch::find(name).py()?.build().py()?;
+    node_to_py(py, node)
+}
+
+/// fastai's `create_head`, as a tree for Python.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn create_head(
+    py: Python<'_>,
+    nf: i64,
+    n_out: i64,
+    lin_ftrs: Option<Vec<i64>>,
+    ps: Vec<f64>,
+    pool: bool,
+    concat_pool: bool,
+    first_bn: bool,
+    bn_final: bool,
+    lin_first: bool,
+    y_range: Option<(f64, f64)>,
+) -> PyResult<PyObject> {
+    let cfg = HeadCfg {
+        nf,
+        n_out,
+        lin_ftrs,
+        ps,
+        pool,
+        concat_pool,
+        first_bn,
+        bn_final,
+        lin_first,
+        y_range,
+    };
+    node_to_py(py, crate::head::create_head(&cfg).py()?)
+}
+
+/// A first conv for `n_in` channels shaped like the given one (fastai's `_update_first_layer`).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn first_conv(
+    py: Python<'_>,
+    cout: i64,
+    k: i64,
+    stride: i64,
+    padding: i64,
+    bias: bool,
+    n_in: i64,
+    pretrained: Option<PyTensor>,
+) -> PyResult<PyObject> {
+    let cfg = ConvCfg {
+        cin: n_in,
+        cout,
+        k,
+        stride,
+        padding,
+        groups: 1,
+        bias,
+    };
+    let node = crate::body::first_conv(cfg, n_in, pretrained.as_ref().map(|t| &t.0)).py()?;
+    node_to_py(py, node)
+}
+
+/// A compiled module tree (`Graph` in the core).
+#[pyclass(frozen, module = "siamese_rs._core", name = "Graph")]
+struct PyGraph(Graph);
+
+#[pymethods]
+impl PyGraph {
+    /// Compiles `[(kind, settings, n_children, training, n_tensors), ...]` in pre-order.
+    #[new]
+    fn new(modules: Vec<(String, Bound<'_, PyTuple>, usize, bool, usize)>) -> PyResult<Self> {
+        let flat = modules
+            .into_iter()
+            .map(|(kind, settings, n_children, training, n_tensors)| {
+                let settings = settings
+                    .iter()
+                    .map(|v| value_from_py(&v))
+                    .collect::<PyResult<Vec<_>>>()?;
+                Ok(FlatModule {
+                    kind: kind_from_name(&kind)?,
+                    settings,
+                    n_children,
+                    training,
+                    n_tensors,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyGraph(Graph::compile(&flat).py()?))
+    }
+
+    /// Runs the tree on `inputs` with the current `tensors`, without holding the GIL.
+    fn forward(
+        &self,
+        py: Python<'_>,
+        tensors: Vec<PyTensor>,
+        inputs: Vec<PyTensor>,
+    ) -> PyResult<PyObject> {
+        let tensors: Vec<tch::Tensor> = tensors.into_iter().map(|t| t.0).collect();
+        let inputs: Vec<tch::Tensor> = inputs.into_iter().map(|t| t.0).collect();
+        let graph = &self.0;
+        let out = py
+            .allow_threads(move || graph.forward(&tensors, inputs))
+            .py()?;
+        tensor_to_py(py, out)
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(kinds, m)?)?;
+    m.add_function(wrap_pyfunction!(archs, m)?)?;
+    m.add_function(wrap_pyfunction!(build_arch, m)?)?;
+    m.add_function(wrap_pyfunction!(create_head, m)?)?;
+    m.add_function(wrap_pyfunction!(first_conv, m)?)?;
+    m.add_class::<PyGraph>()?;
+    Ok(())
+}

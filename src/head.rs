@@ -1,0 +1,251 @@
+//! fastai's `create_head` (fastai 2.8.12, `vision/learner.py`) and the `LinBnDrop` it
+//! flattens into the head, rule for rule, including `zip`'s truncation of `ps`.
+use crate::bail;
+use crate::error::Result;
+use crate::nn::init::{adaptive_avg_pool, batch_norm, dropout, linear, relu, BnCfg, Init, BN};
+use crate::nn::{Kind, Node, Value};
+
+/// fastai's `BatchNorm(nf, ndim=1)`: PyTorch's BatchNorm1d with its bias started at 1e-3.
+const FASTAI_BN: BnCfg = BnCfg { bias: 1e-3, ..BN };
+
+/// The arguments of `create_head`, with fastai's defaults in `Default`.
+#[derive(Clone, Debug)]
+pub struct HeadCfg {
+    pub nf: i64,
+    pub n_out: i64,
+    pub lin_ftrs: Option<Vec<i64>>,
+    /// `ps` as fastai's `L(ps)`: one value is expanded, a list is used as given.
+    pub ps: Vec<f64>,
+    pub pool: bool,
+    pub concat_pool: bool,
+    pub first_bn: bool,
+    pub bn_final: bool,
+    pub lin_first: bool,
+    pub y_range: Option<(f64, f64)>,
+}
+
+impl HeadCfg {
+    /// fastai's defaults for `nf` features in and `n_out` out.
+    pub fn new(nf: i64, n_out: i64) -> HeadCfg {
+        HeadCfg {
+            nf,
+            n_out,
+            lin_ftrs: None,
+            ps: vec![0.5],
+            pool: true,
+            concat_pool: true,
+            first_bn: true,
+            bn_final: false,
+            lin_first: false,
+            y_range: None,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.nf <= 0 {
+            bail!(
+                Value,
+                "create_head: nf must be a positive number of features, got {}",
+                self.nf
+            );
+        }
+        if self.n_out <= 0 {
+            bail!(
+                Value,
+                "create_head: n_out must be a positive number of outputs, got {}",
+                self.n_out
+            );
+        }
+        if let Some(f) = self.lin_ftrs.iter().flatten().find(|f| **f <= 0) {
+            bail!(
+                Value,
+                "create_head: lin_ftrs must hold positive layer sizes, got {f} in {:?}",
+                self.lin_ftrs.as_ref().unwrap_or(&vec![])
+            );
+        }
+        if self.ps.is_empty() {
+            bail!(
+                Value,
+                "create_head: ps must hold at least one dropout probability, got []"
+            );
+        }
+        if let Some(p) = self.ps.iter().find(|p| !(0.0..=1.0).contains(*p)) {
+            bail!(
+                Value,
+                "create_head: dropout probabilities in ps must be between 0 and 1, got {p}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `LinBnDrop(n_in, n_out, bn, p, act, lin_first)`, as the list of layers fastai flattens.
+fn lin_bn_drop(
+    n_in: i64,
+    n_out: i64,
+    bn: bool,
+    p: f64,
+    act: bool,
+    lin_first: bool,
+) -> Result<Vec<Node>> {
+    let mut norm = vec![];
+    if bn {
+        norm.push(batch_norm(
+            Kind::BatchNorm1d,
+            if lin_first { n_out } else { n_in },
+            FASTAI_BN,
+        )?);
+    }
+    if p != 0.0 {
+        norm.push(dropout(p));
+    }
+    let mut lin = vec![linear(n_in, n_out, !bn, Init::Default)?];
+    if act {
+        lin.push(relu(true));
+    }
+    let (mut first, second) = if lin_first { (lin, norm) } else { (norm, lin) };
+    first.extend(second);
+    Ok(first)
+}
+
+/// `create_head(...)` as an `nn.Sequential` node.
+pub fn create_head(c: &HeadCfg) -> Result<Node> {
+    c.check()?;
+    let nf = if c.pool && c.concat_pool {
+        c.nf * 2
+    } else {
+        c.nf
+    };
+    let ftrs: Vec<i64> = match &c.lin_ftrs {
+        None => vec![nf, 512, c.n_out],
+        Some(l) => [vec![nf], l.clone(), vec![c.n_out]].concat(),
+    };
+    let n = ftrs.len();
+    let bns: Vec<bool> = std::iter::once(c.first_bn)
+        .chain(std::iter::repeat(true))
+        .take(n - 1)
+        .collect();
+    let mut ps = if c.ps.len() == 1 {
+        [vec![c.ps[0] / 2.0; n - 2], c.ps.clone()].concat()
+    } else {
+        c.ps.clone()
+    };
+    let mut layers = vec![];
+    if c.pool {
+        layers.push(if c.concat_pool {
+            concat_pool()
+        } else {
+            adaptive_avg_pool(Value::Int(1))
+        });
+        layers.push(Node::leaf(Kind::Flatten, vec![Value::Bool(false)]));
+    }
+    if c.lin_first {
+        layers.push(dropout(ps.remove(0)));
+    }
+    // zip() in fastai: the shortest of the lists decides how many blocks there are.
+    let blocks = (n - 1).min(ps.len());
+    for i in 0..blocks {
+        let act = i < n - 2;
+        layers.extend(lin_bn_drop(
+            ftrs[i],
+            ftrs[i + 1],
+            bns[i],
+            ps[i],
+            act,
+            c.lin_first,
+        )?);
+    }
+    if c.lin_first {
+        layers.push(linear(ftrs[n - 2], c.n_out, true, Init::Default)?);
+    }
+    if c.bn_final {
+        layers.push(batch_norm(
+            Kind::BatchNorm1d,
+            ftrs[n - 1],
+            BnCfg {
+                momentum: Some(0.01),
+                ..BN
+            },
+        )?);
+    }
+    if let Some((low, high)) = c.y_range {
+        layers.push(Node::leaf(
+            Kind::SigmoidRange,
+            vec![Value::Float(low), Value::Float(high)],
+        ));
+    }
+    Ok(Node::seq(layers))
+}
+
+/// fastai's `AdaptiveConcatPool2d()`: children `ap` (average) and `mp` (max), size 1.
+fn concat_pool() -> Node {
+    let children = vec![
+        (
+            "ap".to_string(),
+            Node::leaf(Kind::AdaptiveAvgPool2d, vec![Value::Int(1)]),
+        ),
+        (
+            "mp".to_string(),
+            Node::leaf(Kind::AdaptiveMaxPool2d, vec![Value::Int(1)]),
+        ),
+    ];
+    Node::with_children(Kind::AdaptiveConcatPool2d, vec![Value::Int(1)], children)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(c: &HeadCfg) -> Vec<Kind> {
+        create_head(c)
+            .unwrap()
+            .children
+            .iter()
+            .map(|(_, n)| n.kind)
+            .collect()
+    }
+
+    #[test]
+    fn fastai_test_cells() {
+        let base = HeadCfg::new(5, 10);
+        let k = kinds(&base);
+        assert_eq!(k.len(), 9);
+        assert_eq!(k[2], Kind::BatchNorm1d);
+        assert_eq!(k[8], Kind::Linear);
+        let k = kinds(&HeadCfg {
+            lin_first: true,
+            ..base.clone()
+        });
+        assert_eq!((k.len(), k[2]), (8, Kind::Dropout));
+        let k = kinds(&HeadCfg {
+            first_bn: false,
+            ..base.clone()
+        });
+        assert_eq!((k.len(), k[2]), (8, Kind::Dropout));
+    }
+
+    #[test]
+    fn nf_is_doubled_for_concat_pool() {
+        let h = create_head(&HeadCfg::new(5, 10)).unwrap();
+        assert_eq!(
+            h.children[4].1.setting("in_features"),
+            Some(&Value::Int(10))
+        );
+        let h = create_head(&HeadCfg {
+            concat_pool: false,
+            ..HeadCfg::new(5, 10)
+        })
+        .unwrap();
+        assert_eq!(h.children[4].1.setting("in_features"), Some(&Value::Int(5)));
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        assert!(create_head(&HeadCfg::new(0, 2)).is_err());
+        assert!(create_head(&HeadCfg {
+            ps: vec![1.5],
+            ..HeadCfg::new(4, 2)
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! siamese-rs: the building blocks of fastai's Siamese tutorial with a libtorch core.
+//!
+//! `nn` holds the module kinds, initialisers and the stateless executor; `arch` the
+//! architecture families and the arch table; `head` and `body` fastai's `create_head` and
+//! the tensor side of `create_body`; `bindings` is the only module that speaks Python.
+pub mod arch;
+pub mod body;
+pub mod error;
+pub mod head;
+pub mod nn;
+
+mod bindings;

@@ -1,0 +1,236 @@
+//! The stateless executor. Python sends the module tree (kinds, settings, training flags) once
+//! and the current parameter and buffer tensors on every call, so the core never computes with
+//! stale tensors after `.to()`, `load_state_dict` or unpickling.
+use super::kind::{Kind, Value};
+use super::ops::Op;
+use crate::bail;
+use crate::error::Result;
+use tch::Tensor;
+
+/// One module as Python describes it, in pre-order.
+#[derive(Clone, Debug)]
+pub struct FlatModule {
+    pub kind: Kind,
+    pub settings: Vec<Value>,
+    pub n_children: usize,
+    pub training: bool,
+    pub n_tensors: usize,
+}
+
+/// A compiled module tree; `forward` takes the tensors in the order the modules listed them.
+#[derive(Debug)]
+pub struct Graph {
+    root: Exec,
+    n_tensors: usize,
+}
+
+#[derive(Debug)]
+struct Exec {
+    op: Op,
+    children: Vec<Exec>,
+    /// Index of this module's first tensor in the flat tensor list.
+    first: usize,
+    training: bool,
+}
+
+impl Graph {
+    /// Compiles a pre-order list of modules.
+    pub fn compile(modules: &[FlatModule]) -> Result<Graph> {
+        let (mut pos, mut n_tensors) = (0, 0);
+        let root = compile_at(modules, &mut pos, &mut n_tensors)?;
+        if pos != modules.len() {
+            bail!(
+                Value,
+                "module list has {} entries but the tree uses {pos}",
+                modules.len()
+            );
+        }
+        Ok(Graph { root, n_tensors })
+    }
+
+    /// The root's kind.
+    pub fn kind(&self) -> Kind {
+        match &self.root.op {
+            Op::Container(k) => *k,
+            _ => Kind::Sequential,
+        }
+    }
+
+    /// Runs the tree on `inputs` (two for a SiameseModel, one otherwise).
+    pub fn forward(&self, tensors: &[Tensor], inputs: Vec<Tensor>) -> Result<Tensor> {
+        if tensors.len() != self.n_tensors {
+            bail!(
+                Value,
+                "expected {} parameter/buffer tensors, got {}",
+                self.n_tensors,
+                tensors.len()
+            );
+        }
+        let want = if matches!(self.root.op, Op::Container(Kind::SiameseModel)) {
+            2
+        } else {
+            1
+        };
+        if inputs.len() != want {
+            bail!(
+                Type,
+                "forward() takes {want} input tensor(s), got {}",
+                inputs.len()
+            );
+        }
+        let mut inputs = inputs.into_iter();
+        let x = inputs.next().expect("checked length");
+        match inputs.next() {
+            Some(x2) => self.root.siamese(x, x2, tensors),
+            None => self.root.run(x, tensors),
+        }
+    }
+}
+
+fn compile_at(modules: &[FlatModule], pos: &mut usize, n_tensors: &mut usize) -> Result<Exec> {
+    let Some(m) = modules.get(*pos) else {
+        bail!(Value, "module list ends early at entry {pos}")
+    };
+    *pos += 1;
+    let op = Op::compile(m.kind, &m.settings)?;
+    if op.n_tensors() != m.n_tensors {
+        bail!(
+            Value,
+            "{} holds {} tensors, its settings need {}",
+            m.kind.name(),
+            m.n_tensors,
+            op.n_tensors()
+        );
+    }
+    let first = *n_tensors;
+    *n_tensors += m.n_tensors;
+    let children = (0..m.n_children)
+        .map(|_| compile_at(modules, pos, n_tensors))
+        .collect::<Result<Vec<_>>>()?;
+    let exec = Exec {
+        op,
+        children,
+        first,
+        training: m.training,
+    };
+    exec.check_arity()?;
+    Ok(exec)
+}
+
+impl Exec {
+    /// Containers that index their children need the reference's child count.
+    fn check_arity(&self) -> Result<()> {
+        let n = self.children.len();
+        let ok = match self.op {
+            Op::Container(Kind::BasicBlock) => n == 5 || n == 6,
+            Op::Container(Kind::Bottleneck) => n == 7 || n == 8,
+            Op::Container(Kind::ResNet) => n == 10,
+            Op::Container(Kind::SiameseModel) => n == 2,
+            Op::Container(Kind::AdaptiveConcatPool2d) => n == 2,
+            Op::Container(_) => true,
+            _ => n == 0,
+        };
+        if !ok {
+            let name = match self.op {
+                Op::Container(k) => k.name(),
+                _ => "a layer",
+            };
+            bail!(Value, "{name} cannot run with {n} children");
+        }
+        Ok(())
+    }
+
+    fn run(&self, x: Tensor, t: &[Tensor]) -> Result<Tensor> {
+        let c = &self.children;
+        match self.op {
+            Op::Container(Kind::BasicBlock) => self.residual(x, t, &[0, 1, 2, 3, 4], 2, 5),
+            Op::Container(Kind::Bottleneck) => self.residual(x, t, &[0, 1, 6, 2, 3, 6, 4, 5], 6, 7),
+            Op::Container(Kind::ResNet) => {
+                let x = chain(&c[..9], x, t)?.f_flatten(1, -1)?;
+                c[9].run(x, t)
+            }
+            Op::Container(Kind::AdaptiveConcatPool2d) => {
+                let mp = c[1].run(x.shallow_clone(), t)?;
+                let ap = c[0].run(x, t)?;
+                Ok(Tensor::f_cat(&[mp, ap], 1)?)
+            }
+            Op::Container(Kind::SiameseModel) => {
+                bail!(Type, "SiameseModel.forward takes two inputs (x1, x2)")
+            }
+            Op::Container(_) => chain(c, x, t),
+            _ => self.op.forward_leaf(x, &t[self.first..], self.training),
+        }
+    }
+
+    /// torchvision's residual blocks: `order` lists the main path's children (the shared ReLU
+    /// appears where it is applied), `relu` is the child applied after the skip is added and
+    /// `base` the child count without a `downsample`.
+    fn residual(
+        &self,
+        x: Tensor,
+        t: &[Tensor],
+        order: &[usize],
+        relu: usize,
+        base: usize,
+    ) -> Result<Tensor> {
+        let c = &self.children;
+        let mut out = order
+            .iter()
+            .try_fold(x.shallow_clone(), |y, &i| c[i].run(y, t))?;
+        let identity = if c.len() > base {
+            c[base].run(x, t)?
+        } else {
+            x
+        };
+        let out = out.f_add_(&identity)?;
+        c[relu].run(out, t)
+    }
+
+    /// `head(cat([encoder(x1), encoder(x2)], dim=1))`.
+    fn siamese(&self, x1: Tensor, x2: Tensor, t: &[Tensor]) -> Result<Tensor> {
+        let (s1, s2) = (x1.size(), x2.size());
+        if s1 != s2 {
+            bail!(Shape, "x1 and x2 must have the same shape (batch, channels, height, width); got x1 {s1:?} and x2 {s2:?}");
+        }
+        if s1.len() != 4 {
+            bail!(
+                Shape,
+                "x1 and x2 must be 4-d (batch, channels, height, width); got shape {s1:?}"
+            );
+        }
+        let (encoder, head) = (&self.children[0], &self.children[1]);
+        let f1 = encoder.run(x1, t)?;
+        let f2 = encoder.run(x2, t)?;
+        let features = Tensor::f_cat(&[f1, f2], 1)?;
+        if let Some(want) = head.input_channels() {
+            let got = features.size().get(1).copied().unwrap_or(0);
+            if got != want {
+                bail!(
+                    Shape,
+                    "the head expects {want} input channels but the two encoder outputs concatenate to {got}; \
+                     build it with create_head({got}, n_out) (create_head doubles nf itself for concat pooling)"
+                );
+            }
+        }
+        head.run(features, t)
+    }
+
+    /// Channels a head expects: the first BatchNorm/Linear width, halved after a concat pool.
+    fn input_channels(&self) -> Option<i64> {
+        let mut concat = false;
+        for c in &self.children {
+            match &c.op {
+                Op::Container(Kind::AdaptiveConcatPool2d) => concat = true,
+                Op::BatchNorm { nf, dim: 1, .. } => return Some(if concat { nf / 2 } else { *nf }),
+                Op::Linear { cin, .. } => return Some(if concat { cin / 2 } else { *cin }),
+                Op::Conv2d { .. } | Op::BatchNorm { .. } | Op::Container(_) => return None,
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+fn chain(children: &[Exec], x: Tensor, t: &[Tensor]) -> Result<Tensor> {
+    children.iter().try_fold(x, |x, c| c.run(x, t))
+}
