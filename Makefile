@@ -1,0 +1,51 @@
+# siamese-rs: `make demo` trains the Siamese demo, `make test` runs every test. Both set up first.
+# On a fresh machine (Python 3.11 and Rust) each does the whole setup: venv, wheels, Rust build.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := $(abspath .venv)
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+# The Rust build (libtorch's C++ shim takes minutes) is cached outside the checkout.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/siamese-rs/target
+PY_LIBDIR = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
+TORCH_LIB = $(shell $(VENV)/bin/python -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+STAMP := $(VENV)/.deps-installed
+PYTEST ?= -m "not soak"
+
+.PHONY: help setup build demo test test-rust test-python soak lint bench
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q "torch==2.13.0" "torchvision==0.28.0" "fastai==2.8.12" "maturin>=1.5,<2" \
+		numpy safetensors pytest hypothesis nbclient nbformat ipykernel ruff psutil matplotlib scikit-learn
+	touch $(STAMP)
+
+setup: $(STAMP) build  ## venv + dependencies + the Rust extension
+
+build: $(STAMP)  ## build the Rust extension into the venv
+	maturin develop --release -q
+
+demo: setup  ## the main job: train a Siamese model on the bundled digits
+	python -m siamese_rs.demo
+
+test: setup test-rust test-python  ## every test: cargo test + pytest
+
+test-rust: $(STAMP)
+	LD_LIBRARY_PATH=$(TORCH_LIB):$(PY_LIBDIR) cargo test --release -q
+
+test-python: build
+	python -m pytest -q $(PYTEST)
+
+soak: setup  ## the long soak test (2,000 training steps)
+	python -m pytest -q -m soak
+
+lint: $(STAMP)  ## cargo fmt/clippy and ruff
+	cargo fmt --check
+	cargo clippy --release -q -- -D warnings
+	ruff check python tests bench
+
+bench: setup  ## speed and memory against the fastai reference (see bench/)
+	python bench/bench_core.py
