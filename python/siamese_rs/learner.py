@@ -163,5 +163,7 @@ def create_head(nf, n_out, lin_ftrs=None, ps=0.5, pool=True, concat_pool=True, f
                              bool(concat_pool), bool(first_bn), bool(bn_final), bool(lin_first),
                              None if y_range is None else tuple(float(v) for v in y_range))
     head = build(tree)
+    relus = [i for i, m in enumerate(head) if type(m).__name__ == 'ReLU']
+    for i in relus[1:]: head[i] = head[relus[0]]  # fastai repeats one ReLU instance: `[nn.ReLU()] * n`
     if y_range is not None: head[-1].low, head[-1].high = y_range  # keep the user's numbers, as fastai does
     return head
