@@ -75,11 +75,18 @@ class RustModule:
         plan = _plan(self)
         if plan is None: return self._py_forward(*xs)
         graph, tensors = plan
-        return graph.forward(tensors, list(xs))
+        return graph.forward(tensors, list(xs), _fast_ok(xs[0]) if xs else False)
 
     def _py_forward(self, *xs):
         "Child-by-child forward, used when the subtree cannot run as one Rust call"
         raise NotImplementedError(type(self).__name__)
+
+
+def _fast_ok(x):
+    "oneDNN's blocked layout gives the same values faster, but has no autograd and no autocast"
+    return (not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
+            and not torch.is_autocast_enabled('cpu') and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
 
 
 def _plan(root):

@@ -142,17 +142,19 @@ impl PyGraph {
     }
 
     /// Runs the tree on `inputs` with the current `tensors`, without holding the GIL.
+    #[pyo3(signature = (tensors, inputs, fast=false))]
     fn forward(
         &self,
         py: Python<'_>,
         tensors: Vec<PyTensor>,
         inputs: Vec<PyTensor>,
+        fast: bool,
     ) -> PyResult<PyObject> {
         let tensors: Vec<tch::Tensor> = tensors.into_iter().map(|t| t.0).collect();
         let inputs: Vec<tch::Tensor> = inputs.into_iter().map(|t| t.0).collect();
         let graph = &self.0;
         let out = py
-            .allow_threads(move || graph.forward(&tensors, inputs))
+            .allow_threads(move || graph.forward(&tensors, inputs, fast))
             .py()?;
         tensor_to_py(py, out)
     }

@@ -56,8 +56,10 @@ impl Graph {
         }
     }
 
-    /// Runs the tree on `inputs` (two for a SiameseModel, one otherwise).
-    pub fn forward(&self, tensors: &[Tensor], inputs: Vec<Tensor>) -> Result<Tensor> {
+    /// Runs the tree on `inputs` (two for a SiameseModel, one otherwise). `fast` allows oneDNN's
+    /// blocked layout for the convolutional part; the caller sets it only without autograd or
+    /// autocast, where it gives the same values faster (bench/).
+    pub fn forward(&self, tensors: &[Tensor], inputs: Vec<Tensor>, fast: bool) -> Result<Tensor> {
         if tensors.len() != self.n_tensors {
             bail!(
                 Value,
@@ -81,8 +83,8 @@ impl Graph {
         let mut inputs = inputs.into_iter();
         let x = inputs.next().expect("checked length");
         match inputs.next() {
-            Some(x2) => self.root.siamese(x, x2, tensors),
-            None => self.root.run(x, tensors),
+            Some(x2) => self.root.siamese(x, x2, tensors, fast),
+            None => dense(self.root.run(blocked(x, fast)?, tensors)?),
         }
     }
 }
@@ -141,6 +143,7 @@ impl Exec {
     }
 
     fn run(&self, x: Tensor, t: &[Tensor]) -> Result<Tensor> {
+        let x = if x.is_mkldnn() && !self.takes_blocked() { dense(x)? } else { x };
         let c = &self.children;
         match self.op {
             Op::Container(Kind::BasicBlock) => self.residual(x, t, &[0, 1, 2, 3, 4], 2, 5),
@@ -174,7 +177,7 @@ impl Exec {
         base: usize,
     ) -> Result<Tensor> {
         let c = &self.children;
-        let mut out = order
+        let out = order
             .iter()
             .try_fold(x.shallow_clone(), |y, &i| c[i].run(y, t))?;
         let identity = if c.len() > base {
@@ -182,12 +185,13 @@ impl Exec {
         } else {
             x
         };
-        let out = out.f_add_(&identity)?;
+        let (out, identity) = same_layout(out, identity)?;
+        let out = out.shallow_clone().f_add_(&identity)?;
         c[relu].run(out, t)
     }
 
     /// `head(cat([encoder(x1), encoder(x2)], dim=1))`.
-    fn siamese(&self, x1: Tensor, x2: Tensor, t: &[Tensor]) -> Result<Tensor> {
+    fn siamese(&self, x1: Tensor, x2: Tensor, t: &[Tensor], fast: bool) -> Result<Tensor> {
         let (s1, s2) = (x1.size(), x2.size());
         if s1 != s2 {
             bail!(Shape, "x1 and x2 must have the same shape (batch, channels, height, width); got x1 {s1:?} and x2 {s2:?}");
@@ -205,10 +209,12 @@ impl Exec {
             // (bench/: 1.2-2.3x at 64 px; at 224 px it loses time, so large images go one by one).
             let b = s1[0];
             let x = Tensor::f_cat(&[x1, x2], 0)?;
-            let f = encoder.run(x, t)?;
+            let f = dense(encoder.run(blocked(x, fast)?, t)?)?;
             Tensor::f_cat(&[f.f_narrow(0, 0, b)?, f.f_narrow(0, b, b)?], 1)?
         } else {
-            Tensor::f_cat(&[encoder.run(x1, t)?, encoder.run(x2, t)?], 1)?
+            let f1 = dense(encoder.run(blocked(x1, fast)?, t)?)?;
+            let f2 = dense(encoder.run(blocked(x2, fast)?, t)?)?;
+            Tensor::f_cat(&[f1, f2], 1)?
         };
         if let Some(want) = head.input_channels() {
             let got = features.size().get(1).copied().unwrap_or(0);
@@ -221,6 +227,17 @@ impl Exec {
             }
         }
         head.run(features, t)
+    }
+
+    /// Whether this module computes on oneDNN-blocked tensors as it does on dense ones.
+    fn takes_blocked(&self) -> bool {
+        match self.op {
+            Op::Container(k) => matches!(k, Kind::Sequential | Kind::BasicBlock | Kind::Bottleneck),
+            Op::BatchNorm { dim: 2, track: true, .. } => !self.training,
+            Op::Dropout { .. } => !self.training,
+            Op::Conv2d { .. } | Op::ReLU { .. } | Op::MaxPool2d { .. } | Op::AdaptiveAvg(_) => true,
+            _ => false,
+        }
     }
 
     /// True when no module in the subtree uses batch statistics or random masks.
@@ -247,6 +264,25 @@ impl Exec {
         }
         None
     }
+}
+
+/// `x` in oneDNN's blocked layout when `fast` allows it and oneDNN takes this tensor.
+fn blocked(x: Tensor, fast: bool) -> Result<Tensor> {
+    let ok = fast && x.kind() == tch::Kind::Float && x.device() == tch::Device::Cpu && x.dim() == 4;
+    Ok(if ok { x.f_to_mkldnn(None)? } else { x })
+}
+
+/// `x` as an ordinary strided tensor.
+fn dense(x: Tensor) -> Result<Tensor> {
+    Ok(if x.is_mkldnn() { x.f_to_dense(None, false)? } else { x })
+}
+
+/// Both tensors in one layout (blocked only if both are).
+fn same_layout(a: Tensor, b: Tensor) -> Result<(Tensor, Tensor)> {
+    if a.is_mkldnn() == b.is_mkldnn() {
+        return Ok((a, b));
+    }
+    Ok((dense(a)?, dense(b)?))
 }
 
 /// Images up to this many pixels take the batched path in eval.
