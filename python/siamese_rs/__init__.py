@@ -1,7 +1,7 @@
 """siamese-rs: fastai's Siamese tutorial building blocks, computed by a Rust (libtorch) core."""
 import torch  # noqa: F401  (loads libtorch before the native module, which has no RPATH)
 
-from . import exceptions
+from . import exceptions as exceptions
 from ._core import Graph  # noqa: F401
 from .exceptions import *  # noqa: F403
 from .layers import *  # noqa: F403

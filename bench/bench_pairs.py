@@ -1,0 +1,157 @@
+"""Pair scoring and training steps: siamese-rs against fastai's model in eager mode and compiled.
+
+One process, interleaved repetitions, medians with min–max, ratios reference/ours (> 1: we are
+faster), peak memory of each, and achieved GFLOP/s against the machine's measured matmul peak.
+Writes a markdown table (default bench/RESULTS.md).
+
+    python bench/bench_pairs.py                                  # the full table (~20 min on 2 cores)
+    python bench/bench_pairs.py --archs resnet34 --eval 8x64 --train "" --reps 3
+    python bench/bench_pairs.py --refs eager,compile             # torch.compile instead of jit.trace
+"""
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from fastai.torch_core import Module
+from fastai.vision import learner as fl
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision import models as tvm
+
+import siamese_rs as sr
+from memory import PeakMemory
+
+NF = {'resnet34': 512, 'resnet50': 2048, 'resnet18': 512, 'densenet121': 1024}
+
+
+class RefSiamese(Module):
+    def __init__(self, encoder, head): self.encoder, self.head = encoder, head
+    def forward(self, x1, x2): return self.head(torch.cat([self.encoder(x1), self.encoder(x2)], dim=1))
+
+
+def models(arch):
+    "`(ours, ref)` with identical weights (cut from `model_meta`)"
+    cut = sr.model_meta[getattr(sr, arch)]['cut']
+    ours = sr.SiameseModel(sr.create_body(getattr(sr, arch), cut=cut, pretrained=False),
+                           sr.create_head(2 * NF[arch], 2))
+    ref = RefSiamese(fl.create_body(getattr(tvm, arch)(), cut=cut), fl.create_head(2 * NF[arch], 2))
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def score(model, x1, x2, _y):
+    with torch.no_grad(): return model(x1, x2)
+
+
+def make_train_step(model):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    def step(_m, x1, x2, y):
+        loss = nn.functional.cross_entropy(model(x1, x2), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+    return step
+
+
+def compiled(ref, kind, x1, x2):
+    "The reference as a user would speed it up: `torch.compile`, or a frozen `torch.jit.trace`"
+    if kind == 'compile': return torch.compile(ref)
+    with torch.no_grad(): return torch.jit.optimize_for_inference(torch.jit.trace(ref, (x1, x2)))
+
+
+def flops(model, fn, inputs):
+    with FlopCounterMode(display=False) as counter: fn(model, *inputs)
+    return counter.get_total_flops()
+
+
+def matmul_peak():
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    ts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t)
+    return 2 * 2048**3 / min(ts) / 1e9
+
+
+def run(cands, inputs, reps):
+    "Interleaved timings `{name: [s]}` and peak memory `{name: MiB}` of each candidate `(name, fn, model)`"
+    times, peaks = {n: [] for n, _, _ in cands}, {}
+    for n, fn, m in cands:
+        fn(m, *inputs)  # warm-up
+        with PeakMemory() as mem: fn(m, *inputs)
+        peaks[n] = mem.peak
+    for _ in range(reps):
+        for n, fn, m in cands:
+            t = time.perf_counter()
+            fn(m, *inputs)
+            times[n].append(time.perf_counter() - t)
+    return times, peaks
+
+
+def fmt(v): return f'{statistics.median(v) * 1e3:.1f} ({min(v) * 1e3:.0f}–{max(v) * 1e3:.0f})'
+
+
+def table_rows(arch, mode, b, px, times, peaks, gflop, refs):
+    o = statistics.median(times['ours'])
+    cells = [f'{arch}', mode, f'{b}×{px}', fmt(times['ours'])]
+    for r in refs:
+        if r in times: cells += [fmt(times[r]), f'{statistics.median(times[r]) / o:.2f}']
+        else: cells += ['–', '–']
+    cells += [f"{peaks['ours']:.0f} / {peaks['eager']:.0f}", f'{gflop / o:.1f}']
+    return '| ' + ' | '.join(cells) + ' |'
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--archs', default='resnet34,resnet50,densenet121')
+    p.add_argument('--eval', default='1x64,8x64,32x64,64x64,1x224,8x224,32x224,64x224')
+    p.add_argument('--train', default='8x224,32x64')
+    p.add_argument('--refs', default='eager,trace', help='eager plus trace (frozen jit.trace) or compile')
+    p.add_argument('--reps', type=int, default=7)
+    p.add_argument('--out', default=str(Path(__file__).with_name('RESULTS.md')))
+    a = p.parse_args(argv)
+    refs = a.refs.split(',')
+    peak = matmul_peak()
+    head = ('| arch | mode | pairs×px | ours ms | ' + ' | '.join(f'{r} ms | {r}/ours' for r in refs)
+            + ' | peak MiB ours / eager | ours GFLOP/s |')
+    lines = ['# siamese-rs benchmark\n',
+             f'`python bench/bench_pairs.py {" ".join(argv or [])}`'.replace(' `', '`'),
+             f'\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, '
+             f'torch {torch.__version__}; fp32 matmul peak {peak:.0f} GFLOP/s. Medians of {a.reps} interleaved '
+             f'repetitions (min–max); ratios > 1 mean siamese-rs is faster.\n', head,
+             '|' + '---|' * (head.count('|') - 1)]
+    print('\n'.join(lines), flush=True)
+    for arch in a.archs.split(','):
+        torch.manual_seed(0)
+        ours, ref = models(arch)
+        for mode, shapes in (('eval', a.eval), ('train', a.train)):
+            for shape in filter(None, shapes.split(',')):
+                b, px = map(int, shape.split('x'))
+                inputs = (torch.randn(b, 3, px, px), torch.randn(b, 3, px, px), torch.randint(0, 2, (b,)))
+                if mode == 'eval':
+                    ours.eval(), ref.eval()
+                    with torch.no_grad(): torch.testing.assert_close(ours(*inputs[:2]), ref(*inputs[:2]), atol=1e-4, rtol=0)
+                    cands = [('ours', score, ours), ('eager', score, ref)]
+                    cands += [(r, score, compiled(ref, r, *inputs[:2])) for r in refs if r != 'eager']
+                    gflop = flops(ref, score, inputs) / 1e9
+                else:
+                    ours.train(), ref.train()
+                    ref.load_state_dict(ours.state_dict())
+                    cands = [('ours', make_train_step(ours), ours), ('eager', make_train_step(ref), ref)]
+                    gflop = flops(ref, make_train_step(ref), inputs) / 1e9
+                times, peaks = run(cands, inputs, a.reps)
+                line = table_rows(arch, mode, b, px, times, peaks, gflop, refs)
+                lines.append(line)
+                print(line, flush=True)
+    Path(a.out).write_text('\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+    import sys
+    main(sys.argv[1:])
