@@ -13,11 +13,13 @@ def model():
 
 
 CASES = [
-    ('channels', lambda m: m(torch.randn(2, 4, 32, 32), torch.randn(2, 4, 32, 32)), sr.ShapeError, 'expected input with 3 channels, got 4'),
+    ('channels', lambda m: m(torch.randn(2, 4, 32, 32), torch.randn(2, 4, 32, 32)), sr.ShapeError,
+     'expected input with 3 channels, got 4'),
     ('batch', lambda m: m(torch.randn(2, 3, 32, 32), torch.randn(3, 3, 32, 32)), sr.ShapeError, 'same shape'),
     ('spatial', lambda m: m(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 64, 64)), sr.ShapeError, 'x2 [2, 3, 64, 64]'),
     ('ndim', lambda m: m(torch.randn(3, 32, 32), torch.randn(3, 32, 32)), sr.ShapeError, '4-d'),
-    ('not a tensor', lambda m: m([[1.0]], torch.randn(2, 3, 32, 32)), sr.ArgumentTypeError, 'x1 must be a torch.Tensor, got list'),
+    ('not a tensor', lambda m: m([[1.0]], torch.randn(2, 3, 32, 32)), sr.ArgumentTypeError,
+     'x1 must be a torch.Tensor, got list'),
     ('one input', lambda m: m(torch.randn(2, 3, 32, 32)), TypeError, 'x2'),
 ]
 
