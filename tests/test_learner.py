@@ -7,7 +7,6 @@ from fastai.learner import Learner, load_learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
-from torch import nn
 
 import siamese_rs as sr
 from conftest import make_pair
