@@ -10,7 +10,6 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/siamese-rs/target
 PY_LIBDIR = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
 TORCH_LIB = $(shell $(VENV)/bin/python -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 STAMP := $(VENV)/.deps-installed
-PYTEST ?= -m "not soak"
 
 .PHONY: help setup build demo test test-rust test-python soak lint bench
 help:  ## list the targets
@@ -37,7 +36,7 @@ test-rust: $(STAMP)
 	LD_LIBRARY_PATH=$(TORCH_LIB):$(PY_LIBDIR) cargo test --release -q
 
 test-python: build
-	python -m pytest -q $(PYTEST)
+	python -m pytest -q
 
 soak: setup  ## the long soak test (2,000 training steps)
 	python -m pytest -q -m soak

@@ -35,6 +35,7 @@ impl From<tch::TchError> for Error {
         let msg = msg
             .split("\nException raised from")
             .next()
+            .and_then(|m| m.split("\nframe #0").next())
             .unwrap_or_default();
         Error::Torch(msg.trim().to_string())
     }

@@ -8,6 +8,10 @@ use crate::nn::{Kind, Node, Value};
 /// fastai's `BatchNorm(nf, ndim=1)`: PyTorch's BatchNorm1d with its bias started at 1e-3.
 const FASTAI_BN: BnCfg = BnCfg { bias: 1e-3, ..BN };
 
+/// Largest `nf`, `n_out` or `lin_ftrs` entry: far above any real head, and small enough that
+/// doubling `nf` for concat pooling cannot overflow.
+const MAX_FEATURES: i64 = 1 << 31;
+
 /// The arguments of `create_head`, with fastai's defaults in `Default`.
 #[derive(Clone, Debug)]
 pub struct HeadCfg {
@@ -42,6 +46,15 @@ impl HeadCfg {
     }
 
     fn check(&self) -> Result<()> {
+        let mut sizes = [self.nf, self.n_out]
+            .into_iter()
+            .chain(self.lin_ftrs.iter().flatten().copied());
+        if let Some(n) = sizes.find(|n| *n > MAX_FEATURES) {
+            bail!(
+                Value,
+                "create_head: layer sizes must be at most {MAX_FEATURES}, got {n}"
+            );
+        }
         if self.nf <= 0 {
             bail!(
                 Value,

@@ -3,6 +3,7 @@ import torch  # noqa: F401  (loads libtorch before the native module, which has 
 
 from . import exceptions as exceptions
 from ._core import Graph  # noqa: F401
+from .data import *  # noqa: F403
 from .exceptions import *  # noqa: F403
 from .layers import *  # noqa: F403
 from .learner import *  # noqa: F403

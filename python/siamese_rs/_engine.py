@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.modules import module as _torch_module
 
 from . import _core
-from .exceptions import ArgumentTypeError
+from .exceptions import ArgumentTypeError, DeviceError, DTypeError
 
 __all__ = ['RustModule', 'build', 'settings_of', 'KIND_FIELDS', 'KIND_CLASSES']
 
@@ -75,6 +75,7 @@ class RustModule:
         plan = _plan(self)
         if plan is None: return self._py_forward(*xs)
         graph, tensors = plan
+        _check_like_params(self, xs, tensors)
         return graph.forward(tensors, list(xs), _fast_ok(xs[0]) if xs else False)
 
     def _py_forward(self, *xs):
@@ -82,9 +83,29 @@ class RustModule:
         raise NotImplementedError(type(self).__name__)
 
 
+def _check_like_params(m, xs, tensors):
+    "Inputs must share the parameters' device, and their dtype unless autocast casts them"
+    p = next((t for t in tensors if t.is_floating_point()), None)
+    if p is None: return
+    for i, x in enumerate(xs):
+        name = f'x{i + 1}' if len(xs) > 1 else 'x'
+        if x.device != p.device:
+            raise DeviceError(f'{type(m).__name__}.forward: {name} is on {x.device} but the model is on {p.device}; '
+                              f'move one of them (x.to({str(p.device)!r}) or model.to({str(x.device)!r}))')
+        if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+            fix = f'x.to(torch.{_dtype(p)})'
+            if x.is_floating_point(): fix = f'convert the input ({fix}) or the model (model.to(torch.{_dtype(x)}))'
+            raise DTypeError(f'{type(m).__name__}.forward: {name} is {_dtype(x)} but the model\'s parameters are '
+                             f'{_dtype(p)}; {fix}')
+
+
+def _dtype(t): return str(t.dtype).removeprefix('torch.')
+
+
 def _fast_ok(x):
     "oneDNN's blocked layout gives the same values faster, but has no autograd and no autocast"
     return (not torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
+            and x.numel() > 0
             and not torch.is_autocast_enabled('cpu') and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled)
 

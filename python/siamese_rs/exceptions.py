@@ -1,7 +1,7 @@
 """The exceptions siamese-rs raises: one base class, each also a subclass of the matching builtin."""
 
 __all__ = ['SiameseError', 'ArgumentError', 'ShapeError', 'ArgumentTypeError', 'UnknownArchError',
-           'WeightsNotFoundError', 'WeightsError', 'TorchError', 'StructureError']
+           'WeightsNotFoundError', 'WeightsError', 'TorchError', 'StructureError', 'DTypeError', 'DeviceError']
 
 
 class SiameseError(Exception):
@@ -18,6 +18,14 @@ class ShapeError(SiameseError, ValueError):
 
 class ArgumentTypeError(SiameseError, TypeError):
     "An argument of the wrong type"
+
+
+class DTypeError(SiameseError, TypeError, RuntimeError):
+    "An input whose dtype differs from the model's (also a RuntimeError, as PyTorch raises)"
+
+
+class DeviceError(SiameseError, ValueError, RuntimeError):
+    "An input on another device than the model (also a RuntimeError, as PyTorch raises)"
 
 
 class UnknownArchError(SiameseError, KeyError):

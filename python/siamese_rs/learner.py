@@ -7,7 +7,7 @@ from torch import nn
 from . import _core, models
 from ._engine import RustModule, build
 from .exceptions import ArgumentError, ArgumentTypeError, StructureError, UnknownArchError
-from .layers import Conv2d, Sequential
+from .layers import Sequential
 
 __all__ = ['model_meta', 'has_pool_type', 'cut_model', 'create_body', 'create_head', 'default_split', 'params',
            'arch_name']
@@ -141,10 +141,16 @@ def create_body(model, n_in=3, pretrained=True, cut=None):
     return cut_model(model, cut)
 
 
-def _ps_list(ps):
-    if isinstance(ps, (int, float)) and not isinstance(ps, bool): return [float(ps)]
-    try: return [float(p) for p in ps]
-    except TypeError: raise ArgumentTypeError(f'create_head: ps must be a float or a list of floats, got {ps!r}') from None
+def _floats(name, v, what):
+    "`v` as a list of floats, or `ArgumentTypeError` naming `name` and the expected `what`"
+    if isinstance(v, (int, float)) and not isinstance(v, bool): return [float(v)]
+    if not isinstance(v, (str, bytes)):
+        try: return [float(p) for p in v]
+        except (TypeError, ValueError): pass
+    raise ArgumentTypeError(f'create_head: {name} must be {what}, got {type(v).__name__} {v!r}')
+
+
+def _ps_list(ps): return _floats('ps', ps, 'a float or a list of floats')
 
 
 def _int_arg(name, v):
@@ -156,12 +162,16 @@ def _int_arg(name, v):
 def create_head(nf, n_out, lin_ftrs=None, ps=0.5, pool=True, concat_pool=True, first_bn=True, bn_final=False,
                 lin_first=False, y_range=None):
     "Model head that takes `nf` features, runs through `lin_ftrs`, and out `n_out` classes."
+    if lin_ftrs is not None and (isinstance(lin_ftrs, (str, bytes)) or not hasattr(lin_ftrs, '__iter__')):
+        raise ArgumentTypeError(f'create_head: lin_ftrs must be a list of ints, got {type(lin_ftrs).__name__} {lin_ftrs!r}')
     lin_ftrs = None if lin_ftrs is None else [_int_arg('lin_ftrs', f) for f in lin_ftrs]
     if y_range is not None:
-        if len(y_range) != 2: raise ArgumentError(f'create_head: y_range must be (low, high), got {y_range!r}')
+        low_high = _floats('y_range', y_range, '(low, high)')
+        if isinstance(y_range, (int, float)) or len(low_high) != 2:
+            raise ArgumentError(f'create_head: y_range must be (low, high), got {y_range!r}')
     tree = _core.create_head(_int_arg('nf', nf), _int_arg('n_out', n_out), lin_ftrs, _ps_list(ps), bool(pool),
                              bool(concat_pool), bool(first_bn), bool(bn_final), bool(lin_first),
-                             None if y_range is None else tuple(float(v) for v in y_range))
+                             None if y_range is None else tuple(low_high))
     head = build(tree)
     relus = [i for i, m in enumerate(head) if type(m).__name__ == 'ReLU']
     for i in relus[1:]: head[i] = head[relus[0]]  # fastai repeats one ReLU instance: `[nn.ReLU()] * n`

@@ -40,7 +40,9 @@ def read_state_dict(path):
 def _check_fit(model, sd, strict=True):
     "Raise `WeightsError` listing missing, unexpected and mis-shaped keys"
     own = model.state_dict()
-    missing = [k for k in own if k not in sd] if strict else []
+    # Files saved before BatchNorm counted batches (torchvision's densenets) lack the counter;
+    # PyTorch's BatchNorm fills it in on load.
+    missing = [k for k in own if k not in sd and not k.endswith('.num_batches_tracked')] if strict else []
     unexpected = [k for k in sd if k not in own] if strict else []
     shapes = [f'{k}: model {tuple(own[k].shape)}, file {tuple(v.shape)}' for k, v in sd.items()
               if k in own and own[k].shape != v.shape]

@@ -1,7 +1,12 @@
 //! The architectures fastai offers to `create_body`, and the arch table: the one place that
 //! says, per architecture, how to build it, where to cut it, how to split it into parameter
 //! groups, which statistics normalise its inputs and which pretrained file it loads.
+mod alexnet;
+mod densenet;
 mod resnet;
+mod squeezenet;
+mod vgg;
+mod xresnet;
 
 use crate::error::{Error, Result};
 use crate::nn::Node;
@@ -39,20 +44,86 @@ impl Arch {
     }
 }
 
-const RESNET: Split = Split { path: &[0], at: 6 };
+/// Named children, in registration order.
+fn named(children: Vec<(&str, Node)>) -> Vec<(String, Node)> {
+    children
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect()
+}
 
-macro_rules! tv_arch {
-    ($name:literal, $family:literal, $cut:expr, $split:expr, $file:literal, $build:path) => {
+/// What a family shares: fastai's `_<family>_meta` cut and split.
+struct Family {
+    name: &'static str,
+    cut: i64,
+    split: Split,
+}
+
+const RESNET: Family = Family {
+    name: "resnet",
+    cut: -2,
+    split: Split { path: &[0], at: 6 },
+};
+const XRESNET: Family = Family {
+    name: "xresnet",
+    cut: -4,
+    split: Split { path: &[0], at: 3 },
+};
+const SQUEEZENET: Family = Family {
+    name: "squeezenet",
+    cut: -1,
+    split: Split {
+        path: &[0, 0],
+        at: 5,
+    },
+};
+const DENSENET: Family = Family {
+    name: "densenet",
+    cut: -1,
+    split: Split {
+        path: &[0, 0],
+        at: 7,
+    },
+};
+const VGG: Family = Family {
+    name: "vgg",
+    cut: -2,
+    split: Split {
+        path: &[0, 0],
+        at: 22,
+    },
+};
+const ALEXNET: Family = Family {
+    name: "alexnet",
+    cut: -2,
+    split: Split {
+        path: &[0, 0],
+        at: 6,
+    },
+};
+
+/// A row: `family`, `name`, the pretrained file (`None`: fastai has none) and its URL folder,
+/// whether fastai's meta names torchvision's 'DEFAULT' weights, and the builder.
+macro_rules! arch {
+    ($family:expr, $name:literal, $build:path, tv $file:literal) => {
+        arch!(@row $family, $name, $build,
+              Some(($file, concat!("https://download.pytorch.org/models/", $file))), true)
+    };
+    ($family:expr, $name:literal, $build:path, fastai $file:literal) => {
+        arch!(@row $family, $name, $build,
+              Some(($file, concat!("https://s3.amazonaws.com/fast-ai-modelzoo/", $file))), false)
+    };
+    ($family:expr, $name:literal, $build:path, none) => {
+        arch!(@row $family, $name, $build, None, false)
+    };
+    (@row $family:expr, $name:literal, $build:path, $weights:expr, $tv:literal) => {
         Arch {
             name: $name,
-            family: $family,
-            cut: $cut,
-            split: $split,
-            weights: Some((
-                $file,
-                concat!("https://download.pytorch.org/models/", $file),
-            )),
-            tv_weights: true,
+            family: $family.name,
+            cut: $family.cut,
+            split: $family.split,
+            weights: $weights,
+            tv_weights: $tv,
             build: $build,
         }
     };
@@ -60,46 +131,27 @@ macro_rules! tv_arch {
 
 /// The arch table.
 pub const ARCHS: &[Arch] = &[
-    tv_arch!(
-        "resnet18",
-        "resnet",
-        -2,
-        RESNET,
-        "resnet18-f37072fd.pth",
-        resnet::resnet18
-    ),
-    tv_arch!(
-        "resnet34",
-        "resnet",
-        -2,
-        RESNET,
-        "resnet34-b627a593.pth",
-        resnet::resnet34
-    ),
-    tv_arch!(
-        "resnet50",
-        "resnet",
-        -2,
-        RESNET,
-        "resnet50-11ad3fa6.pth",
-        resnet::resnet50
-    ),
-    tv_arch!(
-        "resnet101",
-        "resnet",
-        -2,
-        RESNET,
-        "resnet101-cd907fc2.pth",
-        resnet::resnet101
-    ),
-    tv_arch!(
-        "resnet152",
-        "resnet",
-        -2,
-        RESNET,
-        "resnet152-f82ba261.pth",
-        resnet::resnet152
-    ),
+    arch!(RESNET, "resnet18", resnet::resnet18, tv "resnet18-f37072fd.pth"),
+    arch!(RESNET, "resnet34", resnet::resnet34, tv "resnet34-b627a593.pth"),
+    arch!(RESNET, "resnet50", resnet::resnet50, tv "resnet50-11ad3fa6.pth"),
+    arch!(RESNET, "resnet101", resnet::resnet101, tv "resnet101-cd907fc2.pth"),
+    arch!(RESNET, "resnet152", resnet::resnet152, tv "resnet152-f82ba261.pth"),
+    arch!(XRESNET, "xresnet18", xresnet::xresnet18, none),
+    arch!(XRESNET, "xresnet34", xresnet::xresnet34, none),
+    arch!(XRESNET, "xresnet50", xresnet::xresnet50, fastai "xrn50_940.pth"),
+    arch!(XRESNET, "xresnet101", xresnet::xresnet101, none),
+    arch!(XRESNET, "xresnet152", xresnet::xresnet152, none),
+    arch!(SQUEEZENET, "squeezenet1_0", squeezenet::squeezenet1_0, tv "squeezenet1_0-b66bff10.pth"),
+    arch!(SQUEEZENET, "squeezenet1_1", squeezenet::squeezenet1_1, tv "squeezenet1_1-b8a52dc0.pth"),
+    arch!(DENSENET, "densenet121", densenet::densenet121, tv "densenet121-a639ec97.pth"),
+    arch!(DENSENET, "densenet169", densenet::densenet169, tv "densenet169-b2777c0a.pth"),
+    arch!(DENSENET, "densenet201", densenet::densenet201, tv "densenet201-c1103571.pth"),
+    arch!(DENSENET, "densenet161", densenet::densenet161, tv "densenet161-8d451a50.pth"),
+    arch!(VGG, "vgg11_bn", vgg::vgg11_bn, tv "vgg11_bn-6002323d.pth"),
+    arch!(VGG, "vgg13_bn", vgg::vgg13_bn, tv "vgg13_bn-abd245e5.pth"),
+    arch!(VGG, "vgg16_bn", vgg::vgg16_bn, tv "vgg16_bn-6c64b313.pth"),
+    arch!(VGG, "vgg19_bn", vgg::vgg19_bn, tv "vgg19_bn-c79401a0.pth"),
+    arch!(ALEXNET, "alexnet", alexnet::alexnet, tv "alexnet-owt-7be5be79.pth"),
 ];
 
 /// The row for `name`, or an error that lists the known names.

@@ -1,6 +1,7 @@
 //! ResNet, as torchvision builds it: "Deep Residual Learning for Image Recognition"
 //! (He et al., 2015), with the stride on the 3×3 conv of the bottleneck (ResNet v1.5).
 //! Child names and order follow torchvision, so `state_dict` keys are the same.
+use super::named;
 use crate::error::Result;
 use crate::nn::init::{batch_norm, conv2d, conv_cfg, linear, max_pool, relu, Init, BN};
 use crate::nn::{Kind, Node, Value};
@@ -16,13 +17,6 @@ fn conv(cin: i64, cout: i64, k: i64, stride: i64) -> Result<Node> {
 
 fn bn(c: i64) -> Result<Node> {
     batch_norm(Kind::BatchNorm2d, c, BN)
-}
-
-fn named(children: Vec<(&str, Node)>) -> Vec<(String, Node)> {
-    children
-        .into_iter()
-        .map(|(n, c)| (n.to_string(), c))
-        .collect()
 }
 
 fn downsample(cin: i64, cout: i64, stride: i64) -> Result<Option<Node>> {

@@ -31,6 +31,25 @@ pub fn to_py(e: Error) -> PyErr {
     })
 }
 
+/// Runs `f`, turning a panic into a `TorchError`: pyo3's `PanicException` derives from
+/// BaseException and would escape the `except Exception` of user code and training loops.
+/// (tch panics instead of returning an error in a few places, e.g. a failed op taking a scalar.)
+pub fn no_panic<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown panic");
+        let msg = msg
+            .split("Exception raised from")
+            .next()
+            .unwrap_or_default();
+        let msg = msg.trim_end().trim_end_matches("\\n").trim_end();
+        Err(Error::Torch(format!("libtorch failed: {msg}")))
+    })
+}
+
 /// `Result<T, Error>` → `PyResult<T>`.
 pub trait IntoPy<T> {
     fn py(self) -> PyResult<T>;

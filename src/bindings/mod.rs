@@ -8,7 +8,7 @@ use crate::nn::exec::FlatModule;
 use crate::nn::init::ConvCfg;
 use crate::nn::{Graph, Kind};
 use convert::{kind_from_name, node_to_py, tensor_to_py, value_from_py};
-use errors::IntoPy;
+use errors::{no_panic, IntoPy};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3_tch::PyTensor;
@@ -52,7 +52,7 @@ fn archs(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 /// The full model of arch `name` with fresh weights, as a tree for Python.
 #[pyfunction]
 fn build_arch(py: Python<'_>, name: &str) -> PyResult<PyObject> {
-    let node = arch::find(name).py()?.build().py()?;
+    let node = no_panic(|| arch::find(name)?.build()).py()?;
     node_to_py(py, node)
 }
 
@@ -84,7 +84,7 @@ fn create_head(
         lin_first,
         y_range,
     };
-    node_to_py(py, crate::head::create_head(&cfg).py()?)
+    node_to_py(py, no_panic(|| crate::head::create_head(&cfg)).py()?)
 }
 
 /// A first conv for `n_in` channels shaped like the given one (fastai's `_update_first_layer`).
@@ -109,7 +109,8 @@ fn first_conv(
         groups: 1,
         bias,
     };
-    let node = crate::body::first_conv(cfg, n_in, pretrained.as_ref().map(|t| &t.0)).py()?;
+    let pretrained = pretrained.as_ref().map(|t| &t.0);
+    let node = no_panic(|| crate::body::first_conv(cfg, n_in, pretrained)).py()?;
     node_to_py(py, node)
 }
 
@@ -154,7 +155,7 @@ impl PyGraph {
         let inputs: Vec<tch::Tensor> = inputs.into_iter().map(|t| t.0).collect();
         let graph = &self.0;
         let out = py
-            .allow_threads(move || graph.forward(&tensors, inputs, fast))
+            .allow_threads(move || no_panic(|| graph.forward(&tensors, inputs, fast)))
             .py()?;
         tensor_to_py(py, out)
     }

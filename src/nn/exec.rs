@@ -7,6 +7,8 @@ use crate::bail;
 use crate::error::Result;
 use tch::Tensor;
 
+mod families;
+
 /// One module as Python describes it, in pre-order.
 #[derive(Clone, Debug)]
 pub struct FlatModule {
@@ -31,6 +33,8 @@ struct Exec {
     /// Index of this module's first tensor in the flat tensor list.
     first: usize,
     training: bool,
+    /// The `F.dropout` rate a torchvision `_DenseLayer` applies to its output (0 elsewhere).
+    drop_rate: f64,
 }
 
 impl Graph {
@@ -104,6 +108,7 @@ fn compile_at(modules: &[FlatModule], pos: &mut usize, n_tensors: &mut usize) ->
             op.n_tensors()
         );
     }
+    let drop_rate = families::drop_rate(m)?;
     let first = *n_tensors;
     *n_tensors += m.n_tensors;
     let children = (0..m.n_children)
@@ -114,6 +119,7 @@ fn compile_at(modules: &[FlatModule], pos: &mut usize, n_tensors: &mut usize) ->
         children,
         first,
         training: m.training,
+        drop_rate,
     };
     exec.check_arity()?;
     Ok(exec)
@@ -128,6 +134,7 @@ impl Exec {
             Op::Container(Kind::Bottleneck) => n == 7 || n == 8,
             Op::Container(Kind::ResNet) => n == 10,
             Op::Container(Kind::SiameseModel) => n == 2,
+            Op::Container(k) if families::runs(k) => families::arity_ok(k, n),
             Op::Container(Kind::AdaptiveConcatPool2d) => n == 2,
             Op::Container(_) => true,
             _ => n == 0,
@@ -143,7 +150,11 @@ impl Exec {
     }
 
     fn run(&self, x: Tensor, t: &[Tensor]) -> Result<Tensor> {
-        let x = if x.is_mkldnn() && !self.takes_blocked() { dense(x)? } else { x };
+        let x = if x.is_mkldnn() && !self.takes_blocked(&x) {
+            dense(x)?
+        } else {
+            x
+        };
         let c = &self.children;
         match self.op {
             Op::Container(Kind::BasicBlock) => self.residual(x, t, &[0, 1, 2, 3, 4], 2, 5),
@@ -152,6 +163,7 @@ impl Exec {
                 let x = chain(&c[..9], x, t)?.f_flatten(1, -1)?;
                 c[9].run(x, t)
             }
+            Op::Container(k) if families::runs(k) => self.run_family(k, x, t),
             Op::Container(Kind::AdaptiveConcatPool2d) => {
                 let mp = c[1].run(x.shallow_clone(), t)?;
                 let ap = c[0].run(x, t)?;
@@ -230,12 +242,33 @@ impl Exec {
     }
 
     /// Whether this module computes on oneDNN-blocked tensors as it does on dense ones.
-    fn takes_blocked(&self) -> bool {
+    fn takes_blocked(&self, x: &Tensor) -> bool {
         match self.op {
-            Op::Container(k) => matches!(k, Kind::Sequential | Kind::BasicBlock | Kind::Bottleneck),
-            Op::BatchNorm { dim: 2, track: true, .. } => !self.training,
+            Op::Container(k) => matches!(
+                k,
+                Kind::Sequential
+                    | Kind::BasicBlock
+                    | Kind::Bottleneck
+                    | Kind::ConvLayer
+                    | Kind::ResBlock
+                    | Kind::XResNet
+                    | Kind::_Transition
+            ),
+            Op::BatchNorm {
+                dim: 2,
+                track: true,
+                ..
+            } => !self.training,
             Op::Dropout { .. } => !self.training,
-            Op::Conv2d { .. } | Op::ReLU { .. } | Op::MaxPool2d { .. } | Op::AdaptiveAvg(_) => true,
+            // oneDNN pools adaptively only when the output size divides the input's (VGG's 7×7
+            // after a 1×1 feature map does not).
+            Op::AdaptiveAvg(ref size) => {
+                let dims = x.size();
+                size.iter()
+                    .zip(dims.iter().skip(dims.len().saturating_sub(2)))
+                    .all(|(&s, &d)| s < 0 || (s > 0 && d % s == 0))
+            }
+            Op::Conv2d { .. } | Op::ReLU { .. } | Op::MaxPool2d { .. } => true,
             _ => false,
         }
     }
@@ -245,6 +278,7 @@ impl Exec {
         let own = match self.op {
             Op::BatchNorm { track, .. } => !self.training && track,
             Op::Dropout { p } => !self.training || p == 0.0,
+            Op::Container(Kind::_DenseLayer) => !self.training || self.drop_rate == 0.0,
             _ => true,
         };
         own && self.children.iter().all(Exec::is_batch_independent)
@@ -274,7 +308,11 @@ fn blocked(x: Tensor, fast: bool) -> Result<Tensor> {
 
 /// `x` as an ordinary strided tensor.
 fn dense(x: Tensor) -> Result<Tensor> {
-    Ok(if x.is_mkldnn() { x.f_to_dense(None, false)? } else { x })
+    Ok(if x.is_mkldnn() {
+        x.f_to_dense(None, false)?
+    } else {
+        x
+    })
 }
 
 /// Both tensors in one layout (blocked only if both are).

@@ -27,6 +27,10 @@ fn uniform(shape: &[i64], bound: f64) -> Result<Tensor> {
 }
 
 fn filled(shape: &[i64], v: f64) -> Result<Tensor> {
+    // tch's `f_full` panics (in its scalar's drop) instead of returning libtorch's error.
+    if let Some(n) = shape.iter().find(|n| **n < 0) {
+        crate::bail!(Value, "a layer size must not be negative, got {n}");
+    }
     Ok(Tensor::f_full(shape, v, (DType::Float, Device::Cpu))?)
 }
 
@@ -178,6 +182,18 @@ pub fn max_pool(k: i64, stride: i64, padding: i64, ceil_mode: bool) -> Node {
         Value::Bool(ceil_mode),
     ];
     Node::leaf(Kind::MaxPool2d, settings)
+}
+
+/// `nn.AvgPool2d(k, stride)` without padding, counting padding as PyTorch does by default.
+pub fn avg_pool(k: i64, stride: i64, ceil_mode: bool) -> Node {
+    let settings = vec![
+        Value::Int(k),
+        Value::Int(stride),
+        Value::Int(0),
+        Value::Bool(ceil_mode),
+        Value::Bool(true),
+    ];
+    Node::leaf(Kind::AvgPool2d, settings)
 }
 
 /// `nn.AdaptiveAvgPool2d(size)`; `size` is an int or a pair as the reference writes it.

@@ -56,6 +56,17 @@ kinds! {
     BasicBlock => ["stride"],
     Bottleneck => ["stride"],
     ResNet => [],
+    ConvLayer => [],
+    ResBlock => [],
+    XResNet => [],
+    VGG => [],
+    AlexNet => [],
+    _DenseLayer => ["drop_rate", "memory_efficient"],
+    _DenseBlock => [],
+    _Transition => [],
+    DenseNet => [],
+    Fire => ["inplanes"],
+    SqueezeNet => ["num_classes"],
     SiameseModel => [],
 }
 

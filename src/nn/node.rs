@@ -34,12 +34,17 @@ impl Node {
 
     /// An `nn.Sequential` whose children are named "0", "1", ...
     pub fn seq(children: Vec<Node>) -> Node {
+        Node::numbered(Kind::Sequential, children)
+    }
+
+    /// A container of `kind` (an `nn.Sequential` subclass) with children named "0", "1", ...
+    pub fn numbered(kind: Kind, children: Vec<Node>) -> Node {
         let named = children
             .into_iter()
             .enumerate()
             .map(|(i, c)| (i.to_string(), c))
             .collect();
-        Node::with_children(Kind::Sequential, vec![], named)
+        Node::with_children(kind, vec![], named)
     }
 
     /// Adds a tensor under `name` (builder style).

@@ -1,0 +1,125 @@
+//! DenseNet-BC, as torchvision builds it: "Densely Connected Convolutional Networks"
+//! (Huang et al., 2016). `features` is an `nn.Sequential` with torchvision's names
+//! (`conv0`, `denseblock1`, `transition1`, ..., `norm5`); each `_DenseBlock` feeds every layer
+//! the concatenation of all earlier outputs. The ReLU and pooling after `norm5` live in
+//! `DenseNet.forward`, so fastai's body (`cut=-1`) ends at `norm5` without them.
+use crate::error::Result;
+use crate::nn::init::{avg_pool, batch_norm, conv2d, conv_cfg, linear, max_pool, relu, Init, BN};
+use crate::nn::{Kind, Node, Value};
+
+/// torchvision's init: kaiming_normal_ (fan_in) convs; BatchNorm at weight 1, bias 0.
+const INIT: Init = Init::KaimingNormal { fan_out: false };
+
+/// The 4× bottleneck of every dense layer (`bn_size`).
+const BN_SIZE: i64 = 4;
+
+fn conv(cin: i64, cout: i64, k: i64) -> Result<Node> {
+    conv2d(conv_cfg(cin, cout, k).padding(k / 2), INIT)
+}
+
+fn bn(c: i64) -> Result<Node> {
+    batch_norm(Kind::BatchNorm2d, c, BN)
+}
+
+/// `_DenseLayer(cin, growth_rate, bn_size=4, drop_rate=0)`.
+fn dense_layer(cin: i64, growth: i64) -> Result<Node> {
+    let children = super::named(vec![
+        ("norm1", bn(cin)?),
+        ("relu1", relu(true)),
+        ("conv1", conv(cin, BN_SIZE * growth, 1)?),
+        ("norm2", bn(BN_SIZE * growth)?),
+        ("relu2", relu(true)),
+        ("conv2", conv(BN_SIZE * growth, growth, 3)?),
+    ]);
+    let settings = vec![Value::Float(0.0), Value::Bool(false)];
+    Ok(Node::with_children(Kind::_DenseLayer, settings, children))
+}
+
+fn dense_block(n: i64, cin: i64, growth: i64) -> Result<Node> {
+    let layers = (0..n)
+        .map(|i| {
+            Ok((
+                format!("denselayer{}", i + 1),
+                dense_layer(cin + i * growth, growth)?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Node::with_children(Kind::_DenseBlock, vec![], layers))
+}
+
+fn transition(cin: i64, cout: i64) -> Result<Node> {
+    let children = super::named(vec![
+        ("norm", bn(cin)?),
+        ("relu", relu(true)),
+        ("conv", conv(cin, cout, 1)?),
+        ("pool", avg_pool(2, 2, false)),
+    ]);
+    Ok(Node::with_children(Kind::_Transition, vec![], children))
+}
+
+/// The generic builder: `growth` filters per layer, `blocks` layers per dense block, `init`
+/// filters out of the stem.
+fn densenet(growth: i64, blocks: [i64; 4], init: i64) -> Result<Node> {
+    let mut features = super::named(vec![
+        (
+            "conv0",
+            conv2d(conv_cfg(3, init, 7).stride(2).padding(3), INIT)?,
+        ),
+        ("norm0", bn(init)?),
+        ("relu0", relu(true)),
+        ("pool0", max_pool(3, 2, 1, false)),
+    ]);
+    let mut nf = init;
+    for (i, &n) in blocks.iter().enumerate() {
+        features.push((format!("denseblock{}", i + 1), dense_block(n, nf, growth)?));
+        nf += n * growth;
+        if i != blocks.len() - 1 {
+            features.push((format!("transition{}", i + 1), transition(nf, nf / 2)?));
+            nf /= 2;
+        }
+    }
+    features.push(("norm5".to_string(), bn(nf)?));
+    // torchvision leaves the classifier's weight at PyTorch's default and zeroes its bias.
+    let mut classifier = linear(nf, 1000, true, Init::Default)?;
+    for (_, t) in classifier.tensors.iter_mut().filter(|(n, _)| n == "bias") {
+        let _ = t.f_zero_()?;
+    }
+    let children = vec![
+        (
+            "features".to_string(),
+            Node::with_children(Kind::Sequential, vec![], features),
+        ),
+        ("classifier".to_string(), classifier),
+    ];
+    Ok(Node::with_children(Kind::DenseNet, vec![], children))
+}
+
+pub fn densenet121() -> Result<Node> {
+    densenet(32, [6, 12, 24, 16], 64)
+}
+pub fn densenet161() -> Result<Node> {
+    densenet(48, [6, 12, 36, 24], 96)
+}
+pub fn densenet169() -> Result<Node> {
+    densenet(32, [6, 12, 32, 32], 64)
+}
+pub fn densenet201() -> Result<Node> {
+    densenet(32, [6, 12, 48, 32], 64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn densenet121_keys_follow_torchvision() {
+        let m = densenet121().unwrap();
+        let keys = m.state_keys();
+        assert_eq!(keys[0], "features.conv0.weight");
+        assert!(keys.contains(&"features.denseblock4.denselayer16.conv2.weight".to_string()));
+        assert!(keys.contains(&"features.transition3.conv.weight".to_string()));
+        assert_eq!(keys[keys.len() - 2], "classifier.weight");
+        let norm5 = &m.children[0].1.children.last().unwrap().1;
+        assert_eq!(norm5.tensors[0].1.size(), [1024]);
+    }
+}

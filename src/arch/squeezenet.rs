@@ -1,0 +1,117 @@
+//! SqueezeNet, as torchvision builds it: "SqueezeNet: AlexNet-level accuracy with 50x fewer
+//! parameters and <0.5MB model size" (Iandola et al., 2016); 1.1 is the cheaper variant from
+//! the authors' repository. Convs are kaiming_uniform_ (a=0) with zero bias; the final conv
+//! is normal_(0, 0.01).
+use crate::error::Result;
+use crate::nn::init::{adaptive_avg_pool, conv2d, conv_cfg, dropout, max_pool, relu, Init};
+use crate::nn::{Kind, Node, Value};
+
+fn conv(cin: i64, cout: i64, k: i64, stride: i64, init: Init) -> Result<Node> {
+    let cfg = conv_cfg(cin, cout, k)
+        .stride(stride)
+        .padding(k / 2)
+        .bias(true);
+    conv2d(cfg, init)
+}
+
+fn pool() -> Node {
+    max_pool(3, 2, 0, true)
+}
+
+/// `Fire(inplanes, squeeze, expand1x1, expand3x3)` with equal expand widths, as in every use.
+fn fire(cin: i64, squeeze: i64, expand: i64) -> Result<Node> {
+    let u = Init::KaimingUniform;
+    let children = super::named(vec![
+        ("squeeze", conv(cin, squeeze, 1, 1, u)?),
+        ("squeeze_activation", relu(true)),
+        ("expand1x1", conv(squeeze, expand, 1, 1, u)?),
+        ("expand1x1_activation", relu(true)),
+        ("expand3x3", conv(squeeze, expand, 3, 1, u)?),
+        ("expand3x3_activation", relu(true)),
+    ]);
+    Ok(Node::with_children(
+        Kind::Fire,
+        vec![Value::Int(cin)],
+        children,
+    ))
+}
+
+/// The generic builder around a `features` list.
+fn squeezenet(features: Vec<Node>) -> Result<Node> {
+    let classifier = Node::seq(vec![
+        dropout(0.5),
+        conv(512, 1000, 1, 1, Init::Normal(0.01))?,
+        relu(true),
+        adaptive_avg_pool(Value::Ints(vec![1, 1])),
+    ]);
+    let children = super::named(vec![
+        ("features", Node::seq(features)),
+        ("classifier", classifier),
+    ]);
+    Ok(Node::with_children(
+        Kind::SqueezeNet,
+        vec![Value::Int(1000)],
+        children,
+    ))
+}
+
+pub fn squeezenet1_0() -> Result<Node> {
+    // 1.0: a 7×7 stem conv (stride 2, no padding).
+    let stem = conv2d(
+        conv_cfg(3, 96, 7).stride(2).bias(true),
+        Init::KaimingUniform,
+    )?;
+    squeezenet(vec![
+        stem,
+        relu(true),
+        pool(),
+        fire(96, 16, 64)?,
+        fire(128, 16, 64)?,
+        fire(128, 32, 128)?,
+        pool(),
+        fire(256, 32, 128)?,
+        fire(256, 48, 192)?,
+        fire(384, 48, 192)?,
+        fire(384, 64, 256)?,
+        pool(),
+        fire(512, 64, 256)?,
+    ])
+}
+
+pub fn squeezenet1_1() -> Result<Node> {
+    // 1.1: a 3×3 stem conv (stride 2, no padding) and earlier pooling.
+    let stem = conv2d(
+        conv_cfg(3, 64, 3).stride(2).bias(true),
+        Init::KaimingUniform,
+    )?;
+    squeezenet(vec![
+        stem,
+        relu(true),
+        pool(),
+        fire(64, 16, 64)?,
+        fire(128, 16, 64)?,
+        pool(),
+        fire(128, 32, 128)?,
+        fire(256, 32, 128)?,
+        pool(),
+        fire(256, 48, 192)?,
+        fire(384, 48, 192)?,
+        fire(384, 64, 256)?,
+        fire(512, 64, 256)?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squeezenet_keys_follow_torchvision() {
+        for m in [squeezenet1_0().unwrap(), squeezenet1_1().unwrap()] {
+            let keys = m.state_keys();
+            assert_eq!(keys.len(), 52);
+            assert_eq!(keys[2], "features.3.squeeze.weight");
+            assert_eq!(keys[51], "classifier.1.bias");
+        }
+    }
+}

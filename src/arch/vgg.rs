@@ -1,0 +1,159 @@
+//! VGG with batch normalisation, as torchvision builds it: "Very Deep Convolutional Networks
+//! for Large-Scale Image Recognition" (Simonyan & Zisserman, 2014). `features` is a plain
+//! `nn.Sequential` (conv, BatchNorm, ReLU per layer; a max pool per "M"), so fastai's split
+//! index 22 falls on the same module as in torchvision.
+use crate::error::Result;
+use crate::nn::init::{
+    adaptive_avg_pool, batch_norm, conv2d, conv_cfg, dropout, linear, max_pool, relu, Init, BN,
+};
+use crate::nn::{Kind, Node, Value};
+
+/// A layer of `features`: a conv width, or a 2×2 max pool.
+#[derive(Clone, Copy)]
+enum L {
+    C(i64),
+    M,
+}
+use L::{C, M};
+
+const A: &[L] = &[
+    C(64),
+    M,
+    C(128),
+    M,
+    C(256),
+    C(256),
+    M,
+    C(512),
+    C(512),
+    M,
+    C(512),
+    C(512),
+    M,
+];
+const B: &[L] = &[
+    C(64),
+    C(64),
+    M,
+    C(128),
+    C(128),
+    M,
+    C(256),
+    C(256),
+    M,
+    C(512),
+    C(512),
+    M,
+    C(512),
+    C(512),
+    M,
+];
+const D: &[L] = &[
+    C(64),
+    C(64),
+    M,
+    C(128),
+    C(128),
+    M,
+    C(256),
+    C(256),
+    C(256),
+    M,
+    C(512),
+    C(512),
+    C(512),
+    M,
+    C(512),
+    C(512),
+    C(512),
+    M,
+];
+const E: &[L] = &[
+    C(64),
+    C(64),
+    M,
+    C(128),
+    C(128),
+    M,
+    C(256),
+    C(256),
+    C(256),
+    C(256),
+    M,
+    C(512),
+    C(512),
+    C(512),
+    C(512),
+    M,
+    C(512),
+    C(512),
+    C(512),
+    C(512),
+    M,
+];
+
+/// torchvision's `make_layers(cfg, batch_norm=True)`; convs are kaiming_normal_ (fan_out).
+fn features(cfg: &[L]) -> Result<Node> {
+    let mut layers = vec![];
+    let mut cin = 3;
+    for l in cfg {
+        match *l {
+            M => layers.push(max_pool(2, 2, 0, false)),
+            C(c) => {
+                let cfg = conv_cfg(cin, c, 3).padding(1).bias(true);
+                layers.push(conv2d(cfg, Init::KaimingNormal { fan_out: true })?);
+                layers.push(batch_norm(Kind::BatchNorm2d, c, BN)?);
+                layers.push(relu(true));
+                cin = c;
+            }
+        }
+    }
+    Ok(Node::seq(layers))
+}
+
+/// The generic builder; linear layers are normal_(0, 0.01) as torchvision's VGG draws them.
+fn vgg(cfg: &[L]) -> Result<Node> {
+    let lin = |cin, cout| linear(cin, cout, true, Init::Normal(0.01));
+    let classifier = Node::seq(vec![
+        lin(512 * 7 * 7, 4096)?,
+        relu(true),
+        dropout(0.5),
+        lin(4096, 4096)?,
+        relu(true),
+        dropout(0.5),
+        lin(4096, 1000)?,
+    ]);
+    let children = super::named(vec![
+        ("features", features(cfg)?),
+        ("avgpool", adaptive_avg_pool(Value::Ints(vec![7, 7]))),
+        ("classifier", classifier),
+    ]);
+    Ok(Node::with_children(Kind::VGG, vec![], children))
+}
+
+pub fn vgg11_bn() -> Result<Node> {
+    vgg(A)
+}
+pub fn vgg13_bn() -> Result<Node> {
+    vgg(B)
+}
+pub fn vgg16_bn() -> Result<Node> {
+    vgg(D)
+}
+pub fn vgg19_bn() -> Result<Node> {
+    vgg(E)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vgg16_bn_features_follow_torchvision() {
+        let f = features(D).unwrap();
+        // 13 convs × (conv, bn, relu) + 5 pools.
+        assert_eq!(f.children.len(), 44);
+        assert_eq!(f.children[22].1.kind, Kind::ReLU);
+        assert_eq!(f.state_keys()[0], "0.weight");
+    }
+}

@@ -1,0 +1,22 @@
+"Every notebook in notebooks/ runs top to bottom without an error."
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / 'notebooks').glob('*.ipynb'))
+
+
+def test_there_are_notebooks():
+    assert {p.name for p in NOTEBOOKS} >= {'siamese_tutorial.ipynb', 'architectures.ipynb'}
+
+
+@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    monkeypatch.setenv('MPLBACKEND', 'Agg')
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name='python3', resources={'metadata': {'path': str(tmp_path)}},
+                   allow_errors=False).execute()
+    errors = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.output_type == 'error']
+    assert not errors
