@@ -5,6 +5,7 @@ pub mod init;
 pub mod kind;
 pub mod node;
 mod ops;
+mod settings;
 
 pub use exec::Graph;
 pub use kind::{Kind, Value};

@@ -1,6 +1,7 @@
 //! Leaf operations: the settings each needs, compiled once, and its forward on libtorch.
 //! Every call mirrors what the PyTorch module's `forward` calls, so results are bit-identical.
 use super::kind::{Kind, Value};
+use super::settings::Settings;
 use crate::bail;
 use crate::error::Result;
 use tch::Tensor;
@@ -59,57 +60,6 @@ pub enum Op {
     },
     /// A container: its children and its kind decide what it computes (see `exec`).
     Container(Kind),
-}
-
-fn get<'a>(kind: Kind, s: &'a [Value], field: &str) -> Result<&'a Value> {
-    match kind
-        .fields()
-        .iter()
-        .position(|f| *f == field)
-        .and_then(|i| s.get(i))
-    {
-        Some(v) => Ok(v),
-        None => bail!(Value, "{}: missing setting `{field}`", kind.name()),
-    }
-}
-
-fn bad(kind: Kind, field: &str, v: &Value) -> crate::error::Error {
-    crate::error::Error::Value(format!("{}: unusable setting {field}={v:?}", kind.name()))
-}
-
-struct Settings<'a>(Kind, &'a [Value]);
-
-impl Settings<'_> {
-    fn ints(&self, f: &str, n: usize, default: &[i64]) -> Result<Vec<i64>> {
-        let v = get(self.0, self.1, f)?;
-        v.ints(n, default).ok_or_else(|| bad(self.0, f, v))
-    }
-    fn int(&self, f: &str) -> Result<i64> {
-        let v = get(self.0, self.1, f)?;
-        v.int().ok_or_else(|| bad(self.0, f, v))
-    }
-    fn float(&self, f: &str) -> Result<f64> {
-        let v = get(self.0, self.1, f)?;
-        v.float().ok_or_else(|| bad(self.0, f, v))
-    }
-    fn opt_float(&self, f: &str) -> Result<Option<f64>> {
-        match get(self.0, self.1, f)? {
-            Value::None => Ok(None),
-            v => v.float().map(Some).ok_or_else(|| bad(self.0, f, v)),
-        }
-    }
-    fn bool(&self, f: &str) -> Result<bool> {
-        let v = get(self.0, self.1, f)?;
-        v.bool().ok_or_else(|| bad(self.0, f, v))
-    }
-    /// An adaptive pool's output size: an int, a pair, or a pair with `None` (keep that size).
-    fn out_size(&self, f: &str) -> Result<Vec<i64>> {
-        let v = get(self.0, self.1, f)?;
-        match v {
-            Value::None => Ok(vec![1, 1]),
-            _ => v.ints(2, &[1, 1]).ok_or_else(|| bad(self.0, f, v)),
-        }
-    }
 }
 
 impl Op {
