@@ -7,6 +7,8 @@ Writes a markdown table (default bench/RESULTS.md).
     python bench/bench_pairs.py                                  # the full table (~20 min on 2 cores)
     python bench/bench_pairs.py --archs resnet34 --eval 8x64 --train "" --reps 3
     python bench/bench_pairs.py --refs eager,compile             # torch.compile instead of jit.trace
+    python bench/bench_pairs.py --archs resnet34,xresnet50,vgg16_bn,alexnet,densenet121,squeezenet1_1 \
+        --eval 8x224 --train 8x224 --refs eager --out bench/FAMILIES.md     # one arch per family
 """
 import argparse
 import platform
@@ -24,20 +26,27 @@ from torchvision import models as tvm
 import siamese_rs as sr
 from memory import PeakMemory
 
-NF = {'resnet34': 512, 'resnet50': 2048, 'resnet18': 512, 'densenet121': 1024}
-
 
 class RefSiamese(Module):
     def __init__(self, encoder, head): self.encoder, self.head = encoder, head
     def forward(self, x1, x2): return self.head(torch.cat([self.encoder(x1), self.encoder(x2)], dim=1))
 
 
+def ref_arch(arch):
+    "torchvision's arch function, or fastai's for the xresnets"
+    if arch.startswith('xresnet'):
+        from fastai.vision.models import xresnet
+        return getattr(xresnet, arch)
+    return getattr(tvm, arch)
+
+
 def models(arch):
     "`(ours, ref)` with identical weights (cut from `model_meta`)"
     cut = sr.model_meta[getattr(sr, arch)]['cut']
-    ours = sr.SiameseModel(sr.create_body(getattr(sr, arch), cut=cut, pretrained=False),
-                           sr.create_head(2 * NF[arch], 2))
-    ref = RefSiamese(fl.create_body(getattr(tvm, arch)(), cut=cut), fl.create_head(2 * NF[arch], 2))
+    body = sr.create_body(getattr(sr, arch), cut=cut, pretrained=False).eval()
+    with torch.no_grad(): nf = body(torch.zeros(1, 3, 64, 64)).shape[1]
+    ours = sr.SiameseModel(body, sr.create_head(2 * nf, 2))
+    ref = RefSiamese(fl.create_body(ref_arch(arch)(), cut=cut), fl.create_head(2 * nf, 2))
     ref.load_state_dict(ours.state_dict())
     return ours, ref
 
