@@ -18,15 +18,14 @@ fn class_name(e: &Error) -> &'static str {
 pub fn to_py(e: Error) -> PyErr {
     Python::with_gil(|py| {
         let msg = e.to_string();
-        match py
+        let cls = py
             .import("siamese_rs.exceptions")
             .and_then(|m| m.getattr(class_name(&e)))
-        {
-            Ok(cls) => PyErr::from_type(
-                cls.downcast_into().expect("exception classes are types"),
-                msg,
-            ),
-            Err(_) => PyRuntimeError::new_err(msg),
+            .ok()
+            .and_then(|c| c.downcast_into::<pyo3::types::PyType>().ok());
+        match cls {
+            Some(cls) => PyErr::from_type(cls, msg),
+            None => PyRuntimeError::new_err(msg),
         }
     })
 }

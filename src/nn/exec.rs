@@ -85,7 +85,9 @@ impl Graph {
             );
         }
         let mut inputs = inputs.into_iter();
-        let x = inputs.next().expect("checked length");
+        let Some(x) = inputs.next() else {
+            bail!(Type, "forward() takes {want} input tensor(s), got none")
+        };
         match inputs.next() {
             Some(x2) => self.root.siamese(x, x2, tensors, fast),
             None => dense(self.root.run(blocked(x, fast)?, tensors)?),
