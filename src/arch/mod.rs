@@ -59,48 +59,21 @@ struct Family {
     split: Split,
 }
 
-const RESNET: Family = Family {
-    name: "resnet",
-    cut: -2,
-    split: Split { path: &[0], at: 6 },
-};
-const XRESNET: Family = Family {
-    name: "xresnet",
-    cut: -4,
-    split: Split { path: &[0], at: 3 },
-};
-const SQUEEZENET: Family = Family {
-    name: "squeezenet",
-    cut: -1,
-    split: Split {
-        path: &[0, 0],
-        at: 5,
-    },
-};
-const DENSENET: Family = Family {
-    name: "densenet",
-    cut: -1,
-    split: Split {
-        path: &[0, 0],
-        at: 7,
-    },
-};
-const VGG: Family = Family {
-    name: "vgg",
-    cut: -2,
-    split: Split {
-        path: &[0, 0],
-        at: 22,
-    },
-};
-const ALEXNET: Family = Family {
-    name: "alexnet",
-    cut: -2,
-    split: Split {
-        path: &[0, 0],
-        at: 6,
-    },
-};
+/// A family row: fastai's cut, and its split `m[path][:at]`, `m[path][at:]`, head.
+const fn family(name: &'static str, cut: i64, path: &'static [usize], at: usize) -> Family {
+    Family {
+        name,
+        cut,
+        split: Split { path, at },
+    }
+}
+
+const RESNET: Family = family("resnet", -2, &[0], 6);
+const XRESNET: Family = family("xresnet", -4, &[0], 3);
+const SQUEEZENET: Family = family("squeezenet", -1, &[0, 0], 5);
+const DENSENET: Family = family("densenet", -1, &[0, 0], 7);
+const VGG: Family = family("vgg", -2, &[0, 0], 22);
+const ALEXNET: Family = family("alexnet", -2, &[0, 0], 6);
 
 /// A row: `family`, `name`, the pretrained file (`None`: fastai has none) and its URL folder,
 /// whether fastai's meta names torchvision's 'DEFAULT' weights, and the builder.
