@@ -174,3 +174,13 @@ def test_missing_weights_without_network_name_arch_file_and_folder(name, tmp_pat
 def test_xresnets_without_fastai_weights_say_so():
     with pytest.raises(sr.WeightsNotFoundError, match='xresnet18'):
         sr.xresnet18(pretrained=True)
+
+
+def test_densenet_chunks_match_in_eval():
+    "densenet's concatenations across a batch larger than one chunk (8 images at 224 px)"
+    ours, ref = pair('densenet121')
+    body, ref_body = sr.create_body(ours, cut=-1), fl.create_body(ref, cut=-1)
+    body.eval(), ref_body.eval()
+    x = torch.randn(10, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(body(x), ref_body(x), atol=1e-5, rtol=0)

@@ -93,3 +93,14 @@ def test_autograd_flows_into_python_grads(pair18):
     ours(x1, x2).sum().backward()
     assert x1.grad is not None and x1.grad.abs().sum() > 0
     assert all(p.grad is not None for p in ours.parameters())
+
+
+@pytest.mark.parametrize('n,px', [(9, 224), (40, 32)])
+def test_eval_batches_split_into_chunks_match(n, px):
+    "Large eval batches run the encoder chunk by chunk (8 images at 224 px, 40 per side at 32 px)"
+    ours, ref = make_pair('resnet18')
+    ours.eval(), ref.eval()
+    x1, x2 = images(n, px)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x1, x2), ref(x1, x2), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.encoder(x1), ref.encoder(x1), atol=1e-5, rtol=0)
