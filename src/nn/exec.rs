@@ -225,19 +225,20 @@ impl Exec {
             );
         }
         let (encoder, head) = (&self.children[0], &self.children[1]);
-        let features = if encoder.is_batch_independent() && s1[2] * s1[3] <= SMALL_IMAGE {
+        let (b, pixels) = (s1[0], s1[2] * s1[3]);
+        let features = if encoder.is_batch_independent() && pixels <= SMALL_IMAGE && b < SMALL_BATCH
+        {
             // With running stats and no dropout one encoder call on both images is exact, and
-            // on small images the larger batch makes better use of the convolution kernels
-            // (bench/: 1.2-2.3x at 64 px; at 224 px it loses time, so large images go one by one).
-            // Chunks hold no more images than one side unless it is small, so the activations
-            // alive at once are no more than the reference's.
-            let b = s1[0];
+            // small batches of small images make better use of the convolution kernels together
+            // (bench/: 1.3-2.9x at 64 px). Larger batches go side by side, in chunks, so that no
+            // more activations are alive at once than in the reference; at 224 px batching the
+            // two sides gained too little for the doubled memory.
             let both = Tensor::f_cat(&[x1, x2], 0)?;
-            let f = encoder.encode(both, t, fast, b.max(SMALL_BATCH))?;
+            let f = encoder.encode(both, t, fast, 2 * b)?;
             Tensor::f_cat(&[f.f_narrow(0, 0, b)?, f.f_narrow(0, b, b)?], 1)?
         } else {
-            let f1 = encoder.encode(x1, t, fast, s1[0])?;
-            let f2 = encoder.encode(x2, t, fast, s1[0])?;
+            let f1 = encoder.encode(x1, t, fast, b)?;
+            let f2 = encoder.encode(x2, t, fast, b)?;
             Tensor::f_cat(&[f1, f2], 1)?
         };
         if let Some(want) = head.input_channels() {
@@ -370,8 +371,7 @@ fn same_layout(a: Tensor, b: Tensor) -> Result<(Tensor, Tensor)> {
 /// activations still fit in cache (bench/: densenet121 at 32 x 224 px is 2x faster in chunks).
 const CHUNK_PIXELS: i64 = 8 * 224 * 224;
 
-/// A chunk may hold up to this many images even when a side of the pair has fewer: small
-/// batches run faster together (bench/: 1.3-2.5x at 64 px).
+/// Pair batches below this size (of small images) run both sides in one encoder call.
 const SMALL_BATCH: i64 = 16;
 
 /// Images up to this many pixels take the batched path in eval.
