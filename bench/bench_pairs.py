@@ -6,7 +6,7 @@ The "fp32 ceiling" column is the most any float32 implementation doing the model
 gain over eager on this machine: eager's time over the FLOPs' time at that peak.
 Writes a markdown table (default bench/RESULTS.md).
 
-    python bench/bench_pairs.py                                  # the full table (~20 min on 2 cores)
+    python bench/bench_pairs.py                                  # the full table (~25 min on 2 cores)
     python bench/bench_pairs.py --archs resnet34 --eval 8x64 --train "" --reps 3
     python bench/bench_pairs.py --refs eager,compile             # torch.compile instead of jit.trace
     python bench/bench_pairs.py --archs resnet34,xresnet50,vgg16_bn,alexnet,densenet121,squeezenet1_1 \
