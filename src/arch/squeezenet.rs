@@ -36,8 +36,27 @@ fn fire(cin: i64, squeeze: i64, expand: i64) -> Result<Node> {
     ))
 }
 
-/// The generic builder around a `features` list.
-fn squeezenet(features: Vec<Node>) -> Result<Node> {
+/// One step of `features` after the stem: a max pool or `Fire(inplanes, squeeze, expand)`.
+enum Step {
+    Pool,
+    Fire(i64, i64, i64),
+}
+use Step::{Fire, Pool};
+
+/// The generic builder: a stem conv (`stem_out` channels, `k`×`k`, stride 2, no padding),
+/// ReLU, a pool, then `steps`; a dropout/conv/ReLU/avg-pool classifier.
+fn squeezenet(stem_out: i64, k: i64, steps: &[Step]) -> Result<Node> {
+    let stem = conv2d(
+        conv_cfg(3, stem_out, k).stride(2).bias(true),
+        Init::KaimingUniform,
+    )?;
+    let mut features = vec![stem, relu(true), pool()];
+    for step in steps {
+        features.push(match *step {
+            Pool => pool(),
+            Fire(cin, squeeze, expand) => fire(cin, squeeze, expand)?,
+        });
+    }
     let classifier = Node::seq(vec![
         dropout(0.5),
         conv(512, 1000, 1, 1, Init::Normal(0.01))?,
@@ -55,50 +74,44 @@ fn squeezenet(features: Vec<Node>) -> Result<Node> {
     ))
 }
 
+/// 1.0: a 7×7 stem of 96 channels.
 pub fn squeezenet1_0() -> Result<Node> {
-    // 1.0: a 7×7 stem conv (stride 2, no padding).
-    let stem = conv2d(
-        conv_cfg(3, 96, 7).stride(2).bias(true),
-        Init::KaimingUniform,
-    )?;
-    squeezenet(vec![
-        stem,
-        relu(true),
-        pool(),
-        fire(96, 16, 64)?,
-        fire(128, 16, 64)?,
-        fire(128, 32, 128)?,
-        pool(),
-        fire(256, 32, 128)?,
-        fire(256, 48, 192)?,
-        fire(384, 48, 192)?,
-        fire(384, 64, 256)?,
-        pool(),
-        fire(512, 64, 256)?,
-    ])
+    squeezenet(
+        96,
+        7,
+        &[
+            Fire(96, 16, 64),
+            Fire(128, 16, 64),
+            Fire(128, 32, 128),
+            Pool,
+            Fire(256, 32, 128),
+            Fire(256, 48, 192),
+            Fire(384, 48, 192),
+            Fire(384, 64, 256),
+            Pool,
+            Fire(512, 64, 256),
+        ],
+    )
 }
 
+/// 1.1: a 3×3 stem of 64 channels and earlier pooling.
 pub fn squeezenet1_1() -> Result<Node> {
-    // 1.1: a 3×3 stem conv (stride 2, no padding) and earlier pooling.
-    let stem = conv2d(
-        conv_cfg(3, 64, 3).stride(2).bias(true),
-        Init::KaimingUniform,
-    )?;
-    squeezenet(vec![
-        stem,
-        relu(true),
-        pool(),
-        fire(64, 16, 64)?,
-        fire(128, 16, 64)?,
-        pool(),
-        fire(128, 32, 128)?,
-        fire(256, 32, 128)?,
-        pool(),
-        fire(256, 48, 192)?,
-        fire(384, 48, 192)?,
-        fire(384, 64, 256)?,
-        fire(512, 64, 256)?,
-    ])
+    squeezenet(
+        64,
+        3,
+        &[
+            Fire(64, 16, 64),
+            Fire(128, 16, 64),
+            Pool,
+            Fire(128, 32, 128),
+            Fire(256, 32, 128),
+            Pool,
+            Fire(256, 48, 192),
+            Fire(384, 48, 192),
+            Fire(384, 64, 256),
+            Fire(512, 64, 256),
+        ],
+    )
 }
 
 #[cfg(test)]
