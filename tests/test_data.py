@@ -185,3 +185,29 @@ def test_demo_train_tiny(tmp_path):
     f = learn.dls.valid_ds.items[0]
     lbl, p = sr.predict_pair(loaded, f, f)
     assert (lbl, round(p, 4)) == tuple((a, round(b, 4)) for a, b in [sr.predict_pair(learn, f, f)])[0]
+
+
+def test_files_are_transformed_as_the_validation_set(tmp_path, learn):
+    "A non-square image is centre-cropped, as fastai's validation `Resize` does, the same on every call"
+    from fastai.data.transforms import IntToFloatTensor, Normalize, ToTensor
+    from fastai.vision.augment import Resize
+    Image.effect_noise((40, 25), 60).convert('RGB').save(tmp_path / 'a_1.png')
+    f = tmp_path / 'a_1.png'
+    e = sr.encode(learn, [f])
+    for _ in range(3): torch.testing.assert_close(sr.encode(learn, [f]), e, atol=0, rtol=0)
+    img = Resize(16)(PILImage.create(f), split_idx=1)
+    x = IntToFloatTensor()(ToTensor()(img))[None]
+    x = Normalize.from_stats(*sr.imagenet_stats)(x)
+    torch.testing.assert_close(sr.encode(learn.model, x), e, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(sr.encode(learn, f), e, atol=0, rtol=0)  # one path is one image
+
+
+@pytest.mark.parametrize('bs', [0, -1, 2.5, True])
+def test_bad_batch_size_names_bs(learn, bs):
+    x = torch.randn(3, 3, 16, 16)
+    with pytest.raises(sr.ArgumentError, match=f'bs: expected a positive int.*got {bs!r}'): sr.encode(learn, x, bs=bs)
+    with pytest.raises(sr.ArgumentError, match='bs: '): sr.score_pairs(learn, x, bs=bs)
+
+
+def test_images_of_a_wrong_type_name_the_argument(learn):
+    with pytest.raises(sr.ArgumentTypeError, match='images: expected a tensor batch'): sr.encode(learn, 42)

@@ -107,3 +107,55 @@ def test_siamese_inputs_match_the_reference_or_fail_cleanly(body_pair, s1, s2, n
         return
     assert ref_kind == 'ok', f'the reference refused what we accepted: {ref_out!r}'
     torch.testing.assert_close(out, ref_out, atol=1e-4, rtol=1e-4)
+
+
+def _poison(x, kind, data):
+    if kind is not None:
+        idx = tuple(data.draw(st.integers(0, s - 1)) for s in x.shape)
+        x[idx] = {'nan': float('nan'), 'inf': float('inf'), '-inf': -float('inf')}[kind]
+    return x
+
+
+def _same_or_both_fail(make_ours, make_ref, x, grad):
+    kind, ours = outcome(make_ours)
+    ref_kind, ref = outcome(make_ref)
+    assert kind == ref_kind, f'ours: {ours!r}, reference: {ref!r}'
+    if kind == 'error': return
+    ref.load_state_dict(ours.state_dict())
+    ours.eval(), ref.eval()
+    with torch.set_grad_enabled(grad):
+        kind, out = outcome(lambda: ours(x))
+        ref_kind, ref_out = outcome(lambda: ref(x))
+    assert kind == ref_kind, f'ours: {out!r}, reference: {ref_out!r}'
+    if kind == 'ok':
+        assert torch.equal(out.isnan(), ref_out.isnan()) and torch.equal(out.isinf(), ref_out.isinf())
+        torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+@SETTINGS
+@given(stride=st.integers(1, 3), padding=st.sampled_from([0, 1, 2, 'same', 'valid']), dilation=st.integers(1, 2),
+       padding_mode=st.sampled_from(['zeros', 'reflect', 'circular', 'replicate']), groups=st.sampled_from([1, 2]),
+       bias=st.booleans(), poison=st.sampled_from([None, 'nan', 'inf', '-inf']), grad=st.booleans(), data=st.data())
+def test_conv_relu_pool_settings_and_non_finite_values_match_pytorch(stride, padding, dilation, padding_mode, groups,
+                                                                      bias, poison, grad, data):
+    "Any conv setting, then ReLU and max pool (the ops oneDNN's blocked layout would hide NaN in), with NaN or inf"
+    kw = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode, groups=groups, bias=bias)
+    x = _poison(torch.randn(2, 4, 11, 11), poison, data)
+    torch.manual_seed(0)
+    _same_or_both_fail(lambda: sr.Sequential(sr.Conv2d(4, 6, 3, **kw), sr.ReLU(), sr.MaxPool2d(2)),
+                       lambda: torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, **kw), torch.nn.ReLU(), torch.nn.MaxPool2d(2)),
+                       x, grad)
+
+
+@SETTINGS
+@given(k=st.integers(1, 4), stride=st.none() | st.integers(1, 3), padding=st.integers(0, 2), dilation=st.integers(1, 2),
+       ceil_mode=st.booleans(), count_include_pad=st.booleans(), divisor_override=st.none() | st.integers(1, 5),
+       poison=st.sampled_from([None, 'nan', 'inf', '-inf']), grad=st.booleans(), data=st.data())
+def test_pool_settings_and_non_finite_values_match_pytorch(k, stride, padding, dilation, ceil_mode, count_include_pad,
+                                                           divisor_override, poison, grad, data):
+    x = _poison(torch.randn(2, 3, 9, 9), poison, data)
+    mp = dict(kernel_size=k, stride=stride, padding=padding, dilation=dilation, ceil_mode=ceil_mode)
+    _same_or_both_fail(lambda: sr.MaxPool2d(**mp), lambda: torch.nn.MaxPool2d(**mp), x, grad)
+    ap = dict(kernel_size=k, stride=stride, padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+              divisor_override=divisor_override)
+    _same_or_both_fail(lambda: sr.AvgPool2d(**ap), lambda: torch.nn.AvgPool2d(**ap), x, grad)

@@ -110,3 +110,24 @@ def test_fastai_export_load_learner(tmp_path):
     preds, _ = loaded.get_preds(dl=learn.dls.valid)
     ref_preds, _ = learn.get_preds(dl=learn.dls.valid)
     same(preds, ref_preds)
+
+
+@pytest.mark.parametrize('bad', ['meta tensor', 'not a tensor', 'copy fails'])
+def test_load_weights_validates_everything_before_writing(model, bad):
+    other = tiny_model(seed=5).eval()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    sd = {k: v.clone() + 1 if v.is_floating_point() else v.clone() for k, v in other.state_dict().items()}
+    last = list(sd)[-1]  # the late keys are the ones a half-done load would miss
+    if bad == 'meta tensor': sd[last] = torch.empty_like(sd[last], device='meta')
+    elif bad == 'not a tensor': sd[last] = sd[last].tolist()
+    else:
+        class Refuses(torch.Tensor):
+            "A tensor whose copy into a parameter fails part-way through a load"
+            @classmethod
+            def __torch_function__(cls, func, types, args=(), kwargs=None):
+                if func is torch.Tensor.copy_: raise RuntimeError('copy refused')
+                return super().__torch_function__(func, types, args, kwargs or {})
+        sd[last] = sd[last].as_subclass(Refuses)
+    with pytest.raises(sr.WeightsError, match=repr(last) if bad != 'copy fails' else 'copy refused'):
+        sr.load_weights(other, sd)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in before.items())

@@ -6,6 +6,9 @@ walks its subtree, hands the current tensors to a compiled Rust graph and runs t
 subtree in one call with the GIL released. A subtree holding a module the core cannot run,
 or a module with hooks, runs child by child instead, so hooks fire and edits are honoured.
 """
+import functools
+import numbers
+
 import torch
 from torch import nn
 from torch.nn.modules import module as _torch_module
@@ -13,24 +16,67 @@ from torch.nn.modules import module as _torch_module
 from . import _core
 from .exceptions import ArgumentTypeError, DeviceError, DTypeError
 
-__all__ = ['RustModule', 'build', 'settings_of', 'KIND_FIELDS', 'KIND_CLASSES']
+__all__ = ['RustModule', 'build', 'settings_of', 'pure_torch', 'KIND_FIELDS', 'KIND_TENSORS', 'KIND_CHILDREN',
+           'KIND_CLASSES']
 
-KIND_FIELDS = dict(_core.kinds())
+_KINDS = _core.kinds()
+KIND_FIELDS = {k: fields for k, (fields, _, _) in _KINDS.items()}
+KIND_TENSORS = {k: tensors for k, (_, tensors, _) in _KINDS.items()}
+KIND_CHILDREN = {k: children for k, (_, _, children) in _KINDS.items()}
 KIND_CLASSES = {}
 _GRAPHS = {}
 _MAX_GRAPHS = 256
+_MISSING = object()
+_IDENTITY = (('Identity', ()), 0, False, ())
+
+
+def pure_torch():
+    "True when our modules must run PyTorch's own forward instead of the core"
+    # Graph capture must see standard ops, not an opaque call (jit, dynamo/compile/export, ONNX).
+    # Python code that libtorch calls back (saved-tensor hooks, as checkpointing uses; dispatch or
+    # function modes) must run under PyTorch's bindings, where its exceptions keep their type.
+    return (torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()
+            or torch._C._autograd._top_saved_tensors_default_hooks(True) is not None
+            or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled())
+
+
+def _plain(v):
+    "`v` in the core's setting types (None, bool, int, float, tuple of ints/None), or `_MISSING`"
+    if v is None or type(v) in (bool, int, float): return v
+    if type(v).__module__ == 'numpy' and hasattr(v, 'item'): v = v.item()  # numpy scalars
+    if isinstance(v, bool): return bool(v)
+    if isinstance(v, numbers.Integral): return int(v)
+    if isinstance(v, numbers.Real): return float(v)
+    if isinstance(v, (tuple, list)):
+        items = tuple(_plain(i) for i in v)
+        if all(i is None or type(i) is int for i in items): return items
+    return _MISSING
 
 
 def _setting(m, field):
     "The value of `field` for `m` as the core reads it (`bias` is whether there is one)"
     if field == 'bias' and isinstance(m, (nn.Conv2d, nn.Linear)): return m.bias is not None
-    v = getattr(m, field)
-    return tuple(v) if isinstance(v, list) else v
+    return _plain(getattr(m, field, _MISSING))
 
 
 def settings_of(m, kind):
     "`{field: value}` of module `m` read as core kind `kind`"
     return {f: _setting(m, f) for f in KIND_FIELDS[kind]}
+
+
+@functools.cache
+def _class_attr(cls, name):
+    "Whether `name` is found on the class (a parametrization's property), before the instance"
+    return hasattr(cls, name)
+
+
+def _attr(m, name):
+    "`m.<name>` as PyTorch's forward reads it, without `nn.Module.__getattr__` when it can"
+    if _class_attr(type(m), name): return getattr(m, name, _MISSING)
+    for d in (m.__dict__, m._parameters, m._buffers, m._modules):
+        if name in d: return d[name]
+    return _MISSING
 
 
 def _has_hooks(m):
@@ -46,6 +92,9 @@ def _global_hooks():
 class RustModule:
     "Mixin for modules the core computes; `_sr_kind` names the core kind"
     _sr_kind = None
+    # Attributes PyTorch's forward reads that the core does not implement, with the one value
+    # it computes as PyTorch does; any other value runs PyTorch's own forward for that module.
+    _sr_fixed = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -56,9 +105,22 @@ class RustModule:
         self.__dict__.pop('_sr_key', None)
         super().__setattr__(name, value)
 
+    def __delattr__(self, name):
+        self.__dict__.pop('_sr_key', None)
+        super().__delattr__(name)
+
+    def _sr_supported(self):
+        "Whether the core computes this module exactly as its PyTorch class would"
+        return all(getattr(self, k, _MISSING) == v for k, v in self._sr_fixed.items())
+
     def _sr_make_key(self):
-        key = (self._sr_kind, tuple(_setting(self, f) for f in KIND_FIELDS[self._sr_kind]))
-        self.__dict__['_sr_key'] = key
+        "`(kind, settings)` for the core, or None when the core cannot honour this module"
+        kind = self._sr_kind
+        raw = [getattr(self, f, _MISSING) for f in KIND_FIELDS[kind]]
+        values = tuple(_setting(self, f) for f in KIND_FIELDS[kind])
+        ok = self._sr_supported() and _MISSING not in values
+        key = (kind, values) if ok else None
+        if not any(isinstance(v, list) for v in raw): self.__dict__['_sr_key'] = key  # lists can change in place
         return key
 
     @classmethod
@@ -67,6 +129,7 @@ class RustModule:
         return cls(**settings)
 
     def forward(self, *xs):
+        if pure_torch(): return self._py_forward(*xs)
         for i, x in enumerate(xs):
             if not isinstance(x, torch.Tensor):
                 name = f'x{i + 1}' if len(xs) > 1 else 'x'
@@ -79,13 +142,13 @@ class RustModule:
         return graph.forward(tensors, list(xs), _fast_ok(xs[0]) if xs else False)
 
     def _py_forward(self, *xs):
-        "Child-by-child forward, used when the subtree cannot run as one Rust call"
-        raise NotImplementedError(type(self).__name__)
+        "PyTorch's forward (child by child for containers), used where the core cannot run as one call"
+        return super(RustModule, self).forward(*xs)
 
 
 def _check_like_params(m, xs, tensors):
     "Inputs must share the parameters' device, and their dtype unless autocast casts them"
-    p = next((t for t in tensors if t.is_floating_point()), None)
+    p = next((t for t in tensors if t is not None and t.is_floating_point()), None)
     if p is None: return
     for i, x in enumerate(xs):
         name = f'x{i + 1}' if len(xs) > 1 else 'x'
@@ -110,35 +173,52 @@ def _fast_ok(x):
             and torch.backends.mkldnn.enabled)
 
 
+def _children(m):
+    "The children `m`'s forward calls, in the core's order (None: an absent optional child), or `_MISSING`"
+    names = KIND_CHILDREN[m._sr_kind]
+    if names is None: return [c for c in m._modules.values() if c is not None]
+    out = []
+    for name in names:
+        c = _attr(m, name.rstrip('?'))
+        if c is None and name.endswith('?'): out.append(None)
+        elif not isinstance(c, nn.Module): return _MISSING  # PyTorch's forward raises here, so it runs
+        else: out.append(c)
+    return out
+
+
+def _leaf_tensors(m):
+    "The tensors the kind's forward reads, by name (None where PyTorch sees None), or `_MISSING`"
+    ts = [_attr(m, n) for n in KIND_TENSORS[m._sr_kind]]
+    if any(t is not None and not isinstance(t, torch.Tensor) for t in ts): return _MISSING
+    return ts
+
+
 def _plan(root):
     "`(graph, tensors)` for `root`'s subtree, or None when it must run child by child"
-    if _global_hooks(): return None if root._modules else _plan_leaf(root)
     entries, tensors, stack = [], [], [root]
+    hooks = _global_hooks()
     while stack:
         m = stack.pop()
-        if not isinstance(m, RustModule) or (m is not root and _has_hooks(m)): return None
-        key = m.__dict__.get('_sr_key') or m._sr_make_key()
-        n = len(tensors)
-        tensors.extend(t for t in m._parameters.values() if t is not None)
-        tensors.extend(t for t in m._buffers.values() if t is not None)
-        children = [c for c in m._modules.values() if c is not None]
-        entries.append((key, len(children), m.training, len(tensors) - n))
+        if m is None:
+            entries.append(_IDENTITY)
+            continue
+        if not isinstance(m, RustModule) or (m is not root and (hooks or _has_hooks(m))): return None
+        key = m.__dict__.get('_sr_key', _MISSING)
+        if key is _MISSING: key = m._sr_make_key()
+        if key is None: return None
+        ts, children = _leaf_tensors(m), _children(m)
+        if ts is _MISSING or children is _MISSING: return None
+        tensors.extend(ts)
+        entries.append((key, len(children), m.training, tuple(t is not None for t in ts)))
         stack.extend(reversed(children))
     return _graph(tuple(entries)), tensors
-
-
-def _plan_leaf(m):
-    key = m.__dict__.get('_sr_key') or m._sr_make_key()
-    tensors = [t for t in m._parameters.values() if t is not None]
-    tensors += [t for t in m._buffers.values() if t is not None]
-    return _graph(((key, 0, m.training, len(tensors)),)), tensors
 
 
 def _graph(entries):
     g = _GRAPHS.get(entries)
     if g is None:
         if len(_GRAPHS) >= _MAX_GRAPHS: _GRAPHS.clear()
-        g = _GRAPHS[entries] = _core.Graph([(k, s, n, tr, nt) for (k, s), n, tr, nt in entries])
+        g = _GRAPHS[entries] = _core.Graph([(k, s, n, tr, pr) for (k, s), n, tr, pr in entries])
     return g
 
 

@@ -24,7 +24,7 @@ from fastai.vision.core import PILImage
 from fastai.vision.data import get_grid
 from fastcore.basics import fastuple
 from fastcore.foundation import L
-from fasttransform import DisplayedTransform, Transform
+from fasttransform import DisplayedTransform, Pipeline, Transform
 from PIL import Image
 
 from .exceptions import ArgumentError, ArgumentTypeError, ShapeError, SiameseError
@@ -297,11 +297,16 @@ def _as_batch(images, dls, name):
     if isinstance(images, torch.Tensor):
         if images.ndim != 4: raise ShapeError(f'{name}: expected a batch (n, c, h, w), got shape {tuple(images.shape)}')
         return images
-    images = list(images)
+    if isinstance(images, (str, os.PathLike, Image.Image)): images = [images]  # one image
+    try: images = list(images)
+    except TypeError:
+        raise ArgumentTypeError(f'{name}: expected a tensor batch, or a list of image files or PIL images, '
+                                f'got {type(images).__name__}') from None
     if not images: raise ArgumentError(f'{name}: expected at least one image, got none')
     if dls is None: raise ArgumentError(f'{name}: images other than tensors need dls (pass a Learner or dls=)')
     dl = dls.valid
-    ts = [dl.after_item(_open(o)) for o in images]
+    tfms = Pipeline(dl.after_item.fs, split_idx=1)  # the validation set's transforms (Resize crops the centre)
+    ts = [tfms(_open(o)) for o in images]
     shapes = {tuple(t.shape) for t in ts}
     if len(shapes) > 1: raise ShapeError(f'{name}: images of sizes {sorted(shapes)} after the item transforms; '
                                          'expected one size (add a Resize)')
@@ -309,6 +314,11 @@ def _as_batch(images, dls, name):
 
 
 def _chunks(x, bs): return [x[i:i + bs] for i in range(0, len(x), bs)]
+
+
+def _check_bs(bs):
+    if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+        raise ArgumentError(f'bs: expected a positive int (images per batch), got {bs!r}')
 
 
 def _run(f, x, model, bs):
@@ -329,6 +339,7 @@ def _pool(model, feats):
 def encode(model, images, dls=None, bs=64):
     "The encoder's pooled feature vector of each of `images` (a tensor batch, or files/images with `dls`)"
     model, dls = _model_dls(model, dls)
+    _check_bs(bs)
     x = _as_batch(images, dls, 'images')
     was_training = model.training
     model.eval()
@@ -340,6 +351,7 @@ def encode(model, images, dls=None, bs=64):
 def score_pairs(model, images1, images2=None, dls=None, bs=64):
     "P(same) of each pair `(images1[i], images2[i])`, or the matrix over all pairs of `images1` if no `images2`"
     model, dls = _model_dls(model, dls)
+    _check_bs(bs)
     x1 = _as_batch(images1, dls, 'images1')
     x2 = x1 if images2 is None else _as_batch(images2, dls, 'images2')
     if images2 is not None and len(x1) != len(x2):

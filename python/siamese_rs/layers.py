@@ -21,20 +21,34 @@ class Sequential(RustModule, nn.Sequential):
     "`nn.Sequential` run by the core"
     _sr_kind = 'Sequential'
 
-    def _py_forward(self, x):
-        for m in self: x = m(x)
-        return x
+
+class Conv2d(_Weighted, nn.Conv2d):
+    _sr_kind = 'Conv2d'
+    _sr_fixed = {'padding_mode': 'zeros'}  # string paddings ('same', 'valid') also run in PyTorch
 
 
-class Conv2d(_Weighted, nn.Conv2d): _sr_kind = 'Conv2d'
 class BatchNorm1d(_Weighted, nn.BatchNorm1d): _sr_kind = 'BatchNorm1d'
 class BatchNorm2d(_Weighted, nn.BatchNorm2d): _sr_kind = 'BatchNorm2d'
 class Linear(_Weighted, nn.Linear): _sr_kind = 'Linear'
 class ReLU(RustModule, nn.ReLU): _sr_kind = 'ReLU'
-class MaxPool2d(RustModule, nn.MaxPool2d): _sr_kind = 'MaxPool2d'
-class AvgPool2d(RustModule, nn.AvgPool2d): _sr_kind = 'AvgPool2d'
 class AdaptiveAvgPool2d(RustModule, nn.AdaptiveAvgPool2d): _sr_kind = 'AdaptiveAvgPool2d'
-class AdaptiveMaxPool2d(RustModule, nn.AdaptiveMaxPool2d): _sr_kind = 'AdaptiveMaxPool2d'
+
+
+class MaxPool2d(RustModule, nn.MaxPool2d):
+    _sr_kind = 'MaxPool2d'
+    _sr_fixed = {'return_indices': False}
+
+
+class AvgPool2d(RustModule, nn.AvgPool2d):
+    _sr_kind = 'AvgPool2d'
+    _sr_fixed = {'divisor_override': None}
+
+
+class AdaptiveMaxPool2d(RustModule, nn.AdaptiveMaxPool2d):
+    _sr_kind = 'AdaptiveMaxPool2d'
+    _sr_fixed = {'return_indices': False}
+
+
 class Dropout(RustModule, nn.Dropout): _sr_kind = 'Dropout'
 
 
@@ -60,6 +74,7 @@ class Flatten(RustModule, nn.Module):
         self.full = full
 
     def extra_repr(self): return f'full={self.full}'
+    def _py_forward(self, x): return x.view(-1) if self.full else x.view(x.size(0), -1)
 
 
 class SigmoidRange(RustModule, nn.Module):
@@ -71,6 +86,7 @@ class SigmoidRange(RustModule, nn.Module):
         self.low, self.high = low, high
 
     def extra_repr(self): return f'low={self.low}, high={self.high}'
+    def _py_forward(self, x): return torch.sigmoid(x) * (self.high - self.low) + self.low
 
 
 def BatchNorm(nf, ndim=2, **kwargs):

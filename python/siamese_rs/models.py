@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import _core
-from ._engine import KIND_CLASSES, RustModule, build, settings_of
+from ._engine import KIND_CLASSES, RustModule, build
 from .exceptions import ArgumentTypeError
 from .layers import Sequential
 
@@ -211,7 +211,6 @@ def _convert(m, classes):
     new._non_persistent_buffers_set = set(m._non_persistent_buffers_set)
     for name, child in m._modules.items():
         new._modules[name] = None if child is None else _convert(child, classes)
-    settings_of(new, kind)  # fails early if a setting cannot be read
     return new
 
 

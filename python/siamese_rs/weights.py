@@ -37,9 +37,22 @@ def read_state_dict(path):
     return {_DENSENET_KEY.sub(lambda m: m.group(1) + m.group(2), k): v for k, v in sd.items()}
 
 
+def _check_values(own, sd):
+    "Raise `WeightsError` naming the first value that is not a tensor PyTorch could copy into the model"
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f'weights: {k!r} must be a tensor, got {type(v).__name__}')
+        if k not in own: continue
+        if v.device.type == 'meta':
+            raise WeightsError(f'weights: {k!r} is on the meta device (it has no values); load real tensors')
+        if v.is_complex() and not own[k].is_complex():
+            raise WeightsError(f'weights: {k!r} is {v.dtype}, which cannot be copied into the model\'s {own[k].dtype}')
+
+
 def _check_fit(model, sd, strict=True):
     "Raise `WeightsError` listing missing, unexpected and mis-shaped keys"
     own = model.state_dict()
+    _check_values(own, sd)
     # Files saved before BatchNorm counted batches (torchvision's densenets) lack the counter;
     # PyTorch's BatchNorm fills it in on load.
     missing = [k for k in own if k not in sd and not k.endswith('.num_batches_tracked')] if strict else []
@@ -59,7 +72,13 @@ def load_weights(model, source, strict=True):
     elif isinstance(source, dict): sd = source
     else: raise ArgumentTypeError(f'weights: expected a path or a state dict, got {type(source).__name__}')
     _check_fit(model, sd, strict)
-    model.load_state_dict(sd, strict=strict)
+    # Everything checkable is checked above; a copy that still fails must not leave half a model.
+    backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try: model.load_state_dict(sd, strict=strict)
+    except Exception as e:
+        model.load_state_dict(backup)
+        raise WeightsError(f'weights: could not load into {type(model).__name__} ({" ".join(str(e).split())}); '
+                           'the model is unchanged') from e
     return model
 
 

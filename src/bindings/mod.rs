@@ -13,12 +13,19 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3_tch::PyTensor;
 
-/// `{kind: (field, ...)}`: the settings each module kind carries, in travel order.
+/// `{kind: (fields, tensors, children)}`: the settings each module kind carries (in travel
+/// order), the tensors its forward reads and the children it calls by name (None: all).
 #[pyfunction]
 fn kinds(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     for k in Kind::ALL {
-        d.set_item(k.name(), PyTuple::new(py, k.fields())?)?;
+        let children = k.children().map(|c| PyTuple::new(py, c)).transpose()?;
+        let spec = (
+            PyTuple::new(py, k.fields())?,
+            PyTuple::new(py, k.tensors())?,
+            children,
+        );
+        d.set_item(k.name(), spec)?;
     }
     Ok(d)
 }
@@ -114,18 +121,22 @@ fn first_conv(
     node_to_py(py, node)
 }
 
+/// One module of a flattened tree: `(kind, settings, n_children, training, present)`.
+type PyFlatModule<'py> = (String, Bound<'py, PyTuple>, usize, bool, Vec<bool>);
+
 /// A compiled module tree (`Graph` in the core).
 #[pyclass(frozen, module = "siamese_rs._core", name = "Graph")]
 struct PyGraph(Graph);
 
 #[pymethods]
 impl PyGraph {
-    /// Compiles `[(kind, settings, n_children, training, n_tensors), ...]` in pre-order.
+    /// Compiles `[(kind, settings, n_children, training, present), ...]` in pre-order, where
+    /// `present` says which of the kind's tensors the module holds.
     #[new]
-    fn new(modules: Vec<(String, Bound<'_, PyTuple>, usize, bool, usize)>) -> PyResult<Self> {
+    fn new(modules: Vec<PyFlatModule<'_>>) -> PyResult<Self> {
         let flat = modules
             .into_iter()
-            .map(|(kind, settings, n_children, training, n_tensors)| {
+            .map(|(kind, settings, n_children, training, present)| {
                 let settings = settings
                     .iter()
                     .map(|v| value_from_py(&v))
@@ -135,7 +146,7 @@ impl PyGraph {
                     settings,
                     n_children,
                     training,
-                    n_tensors,
+                    present,
                 })
             })
             .collect::<PyResult<Vec<_>>>()?;
@@ -147,11 +158,12 @@ impl PyGraph {
     fn forward(
         &self,
         py: Python<'_>,
-        tensors: Vec<PyTensor>,
+        tensors: Vec<Option<PyTensor>>,
         inputs: Vec<PyTensor>,
         fast: bool,
     ) -> PyResult<PyObject> {
-        let tensors: Vec<tch::Tensor> = tensors.into_iter().map(|t| t.0).collect();
+        let tensors: Vec<Option<tch::Tensor>> =
+            tensors.into_iter().map(|t| t.map(|t| t.0)).collect();
         let inputs: Vec<tch::Tensor> = inputs.into_iter().map(|t| t.0).collect();
         let graph = &self.0;
         let out = py

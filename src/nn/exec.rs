@@ -5,6 +5,7 @@ use super::kind::{Kind, Value};
 use super::ops::Op;
 use crate::bail;
 use crate::error::Result;
+use std::cell::RefCell;
 use tch::Tensor;
 
 mod families;
@@ -16,10 +17,11 @@ pub struct FlatModule {
     pub settings: Vec<Value>,
     pub n_children: usize,
     pub training: bool,
-    pub n_tensors: usize,
+    /// Which of `kind.tensors()` the module holds (the others are `None` in PyTorch's forward).
+    pub present: Vec<bool>,
 }
 
-/// A compiled module tree; `forward` takes the tensors in the order the modules listed them.
+/// A compiled module tree; `forward` takes the tensor slots in the order the modules listed them.
 #[derive(Debug)]
 pub struct Graph {
     root: Exec,
@@ -30,8 +32,10 @@ pub struct Graph {
 struct Exec {
     op: Op,
     children: Vec<Exec>,
-    /// Index of this module's first tensor in the flat tensor list.
+    /// Index of this module's first tensor slot in the flat tensor list.
     first: usize,
+    /// How many slots it has (`kind.tensors().len()`).
+    slots: usize,
     training: bool,
     /// The `F.dropout` rate a torchvision `_DenseLayer` applies to its output (0 elsewhere).
     drop_rate: f64,
@@ -63,7 +67,12 @@ impl Graph {
     /// Runs the tree on `inputs` (two for a SiameseModel, one otherwise). `fast` allows oneDNN's
     /// blocked layout for the convolutional part; the caller sets it only without autograd or
     /// autocast, where it gives the same values faster (bench/).
-    pub fn forward(&self, tensors: &[Tensor], inputs: Vec<Tensor>, fast: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tensors: &[Option<Tensor>],
+        inputs: Vec<Tensor>,
+        fast: bool,
+    ) -> Result<Tensor> {
         if tensors.len() != self.n_tensors {
             bail!(
                 Value,
@@ -84,15 +93,19 @@ impl Graph {
                 inputs.len()
             );
         }
+        let t = &Run {
+            tensors,
+            probes: RefCell::new(vec![]),
+        };
         let mut inputs = inputs.into_iter();
         let Some(x) = inputs.next() else {
             bail!(Type, "forward() takes {want} input tensor(s), got none")
         };
         match inputs.next() {
-            Some(x2) => self.root.siamese(x, x2, tensors, fast),
+            Some(x2) => self.root.siamese(x, x2, t, fast),
             None => {
                 let n = x.size().first().copied().unwrap_or(1);
-                self.root.encode(x, tensors, fast, n)
+                self.root.encode(x, t, fast, n)
             }
         }
     }
@@ -103,19 +116,10 @@ fn compile_at(modules: &[FlatModule], pos: &mut usize, n_tensors: &mut usize) ->
         bail!(Value, "module list ends early at entry {pos}")
     };
     *pos += 1;
-    let op = Op::compile(m.kind, &m.settings)?;
-    if op.n_tensors() != m.n_tensors {
-        bail!(
-            Value,
-            "{} holds {} tensors, its settings need {}",
-            m.kind.name(),
-            m.n_tensors,
-            op.n_tensors()
-        );
-    }
+    let op = Op::compile(m.kind, &m.settings, &m.present)?;
     let drop_rate = families::drop_rate(m)?;
-    let first = *n_tensors;
-    *n_tensors += m.n_tensors;
+    let (first, slots) = (*n_tensors, m.present.len());
+    *n_tensors += slots;
     let children = (0..m.n_children)
         .map(|_| compile_at(modules, pos, n_tensors))
         .collect::<Result<Vec<_>>>()?;
@@ -123,6 +127,7 @@ fn compile_at(modules: &[FlatModule], pos: &mut usize, n_tensors: &mut usize) ->
         op,
         children,
         first,
+        slots,
         training: m.training,
         drop_rate,
     };
@@ -135,13 +140,7 @@ impl Exec {
     fn check_arity(&self) -> Result<()> {
         let n = self.children.len();
         let ok = match self.op {
-            Op::Container(Kind::BasicBlock) => n == 5 || n == 6,
-            Op::Container(Kind::Bottleneck) => n == 7 || n == 8,
-            Op::Container(Kind::ResNet) => n == 10,
-            Op::Container(Kind::SiameseModel) => n == 2,
-            Op::Container(k) if families::runs(k) => families::arity_ok(k, n),
-            Op::Container(Kind::AdaptiveConcatPool2d) => n == 2,
-            Op::Container(_) => true,
+            Op::Container(k) => k.children().is_none_or(|names| names.len() == n),
             _ => n == 0,
         };
         if !ok {
@@ -154,7 +153,7 @@ impl Exec {
         Ok(())
     }
 
-    fn run(&self, x: Tensor, t: &[Tensor]) -> Result<Tensor> {
+    fn run(&self, x: Tensor, t: &Run) -> Result<Tensor> {
         let x = if x.is_mkldnn() && !self.takes_blocked(&x) {
             let x = dense(x)?;
             if matches!(self.op, Op::Container(Kind::_DenseBlock)) {
@@ -183,17 +182,23 @@ impl Exec {
                 bail!(Type, "SiameseModel.forward takes two inputs (x1, x2)")
             }
             Op::Container(_) => chain(c, x, t),
-            _ => self.op.forward_leaf(x, &t[self.first..], self.training),
+            _ => {
+                if x.is_mkldnn() && self.op.may_hide_nan() {
+                    t.probe(&x)?;
+                }
+                let slots = &t.tensors[self.first..self.first + self.slots];
+                self.op.forward_leaf(x, slots, self.training)
+            }
         }
     }
 
     /// torchvision's residual blocks: `order` lists the main path's children (the shared ReLU
     /// appears where it is applied), `relu` is the child applied after the skip is added and
-    /// `base` the child count without a `downsample`.
+    /// `base` the `downsample` (the identity when the block has none).
     fn residual(
         &self,
         x: Tensor,
-        t: &[Tensor],
+        t: &Run,
         order: &[usize],
         relu: usize,
         base: usize,
@@ -202,18 +207,14 @@ impl Exec {
         let out = order
             .iter()
             .try_fold(x.shallow_clone(), |y, &i| c[i].run(y, t))?;
-        let identity = if c.len() > base {
-            c[base].run(x, t)?
-        } else {
-            x
-        };
+        let identity = c[base].run(x, t)?;
         let (out, identity) = same_layout(out, identity)?;
         let out = out.shallow_clone().f_add_(&identity)?;
         c[relu].run(out, t)
     }
 
     /// `head(cat([encoder(x1), encoder(x2)], dim=1))`.
-    fn siamese(&self, x1: Tensor, x2: Tensor, t: &[Tensor], fast: bool) -> Result<Tensor> {
+    fn siamese(&self, x1: Tensor, x2: Tensor, t: &Run, fast: bool) -> Result<Tensor> {
         let (s1, s2) = (x1.size(), x2.size());
         if s1 != s2 {
             bail!(Shape, "x1 and x2 must have the same shape (batch, channels, height, width); got x1 {s1:?} and x2 {s2:?}");
@@ -241,7 +242,7 @@ impl Exec {
             let f2 = encoder.encode(x2, t, fast, b)?;
             Tensor::f_cat(&[f1, f2], 1)?
         };
-        if let Some(want) = head.input_channels() {
+        if let Some(want) = head.input_channels(t) {
             let got = features.size().get(1).copied().unwrap_or(0);
             if got != want {
                 bail!(
@@ -256,8 +257,20 @@ impl Exec {
 
     /// The encoder on a batch of images, densely laid out. Without batch statistics a large
     /// batch runs in chunks of at most `max_images`, which gives the same values: each chunk's
-    /// activations stay in cache and only one chunk's are alive.
-    fn encode(&self, x: Tensor, t: &[Tensor], fast: bool, max_images: i64) -> Result<Tensor> {
+    /// activations stay in cache and only one chunk's are alive. The blocked layout is used only
+    /// then, and is rerun densely when a NaN or infinity may have met an op that hides it.
+    fn encode(&self, x: Tensor, t: &Run, fast: bool, max_images: i64) -> Result<Tensor> {
+        if !fast || !self.is_batch_independent() {
+            return self.encode_in(x, t, false, max_images);
+        }
+        let out = self.encode_in(x.shallow_clone(), t, true, max_images)?;
+        if t.all_finite()? {
+            return Ok(out);
+        }
+        self.encode_in(x, t, false, max_images)
+    }
+
+    fn encode_in(&self, x: Tensor, t: &Run, fast: bool, max_images: i64) -> Result<Tensor> {
         let s = x.size();
         let pixels = s.iter().skip(2).product::<i64>().max(1);
         let chunk = (CHUNK_PIXELS / pixels).clamp(1, max_images.max(1));
@@ -285,9 +298,11 @@ impl Exec {
                     | Kind::XResNet
                     | Kind::_Transition
             ),
+            // oneDNN's batch norm is the eval form with running statistics and both affine tensors.
             Op::BatchNorm {
                 dim: 2,
-                track: true,
+                running: true,
+                affine: true,
                 ..
             } => !self.training,
             Op::Dropout { .. } => !self.training,
@@ -299,7 +314,19 @@ impl Exec {
                     .zip(dims.iter().skip(dims.len().saturating_sub(2)))
                     .all(|(&s, &d)| s < 0 || (s > 0 && d % s == 0))
             }
-            Op::Conv2d { .. } | Op::ReLU { .. } | Op::MaxPool2d { .. } => true,
+            // oneDNN's max pool refuses dilation, and skips the checks of PyTorch's kernel
+            // (it pads with -FLT_MAX where PyTorch refuses a padding over half the kernel).
+            Op::MaxPool2d {
+                ref k,
+                ref stride,
+                ref padding,
+                ref dilation,
+                ..
+            } => {
+                let within = k.iter().zip(padding).all(|(&k, &p)| p >= 0 && 2 * p <= k);
+                within && dilation.iter().all(|&d| d == 1) && stride.iter().all(|&s| s > 0)
+            }
+            Op::Conv2d { .. } | Op::ReLU { .. } => true,
             _ => false,
         }
     }
@@ -307,8 +334,8 @@ impl Exec {
     /// True when no module in the subtree uses batch statistics or random masks.
     fn is_batch_independent(&self) -> bool {
         let own = match self.op {
-            Op::BatchNorm { track, .. } => !self.training && track,
-            Op::Dropout { p } => !self.training || p == 0.0,
+            Op::BatchNorm { running, .. } => !self.training && running,
+            Op::Dropout { p, .. } => !self.training || p == 0.0,
             Op::Container(Kind::_DenseLayer) => !self.training || self.drop_rate == 0.0,
             _ => true,
         };
@@ -316,18 +343,59 @@ impl Exec {
     }
 
     /// Channels a head expects: the first BatchNorm/Linear width, halved after a concat pool.
-    fn input_channels(&self) -> Option<i64> {
+    fn input_channels(&self, t: &Run) -> Option<i64> {
         let mut concat = false;
         for c in &self.children {
-            match &c.op {
-                Op::Container(Kind::AdaptiveConcatPool2d) => concat = true,
-                Op::BatchNorm { nf, dim: 1, .. } => return Some(if concat { nf / 2 } else { *nf }),
-                Op::Linear { cin, .. } => return Some(if concat { cin / 2 } else { *cin }),
+            let first = t.tensors.get(c.first).and_then(Option::as_ref);
+            let width = match &c.op {
+                Op::Container(Kind::AdaptiveConcatPool2d) => {
+                    concat = true;
+                    continue;
+                }
+                Op::BatchNorm { dim: 1, .. } => {
+                    c.slot_tensors(t).flatten().map(Tensor::numel).next()? as i64
+                }
+                Op::Linear => *first?.size().get(1)?,
                 Op::Conv2d { .. } | Op::BatchNorm { .. } | Op::Container(_) => return None,
-                _ => {}
-            }
+                _ => continue,
+            };
+            return Some(if concat { width / 2 } else { width });
         }
         None
+    }
+
+    /// This module's tensor slots.
+    fn slot_tensors<'t>(&self, t: &'t Run) -> impl Iterator<Item = Option<&'t Tensor>> {
+        t.tensors[self.first..self.first + self.slots]
+            .iter()
+            .map(Option::as_ref)
+    }
+}
+
+/// The tensors of one forward call, and what the blocked layout has to check afterwards.
+struct Run<'a> {
+    tensors: &'a [Option<Tensor>],
+    /// Per-channel means of the blocked inputs of ops that hide NaN (oneDNN's ReLU maps NaN
+    /// to 0, its max pool skips it): a NaN or infinity anywhere in such an input makes its mean
+    /// non-finite, where PyTorch's dense kernels would have carried it to the output.
+    probes: RefCell<Vec<Tensor>>,
+}
+
+impl Run<'_> {
+    fn probe(&self, x: &Tensor) -> Result<()> {
+        let mean = dense(x.f_adaptive_avg_pool2d([1, 1])?)?.f_flatten(0, -1)?;
+        self.probes.borrow_mut().push(mean);
+        Ok(())
+    }
+
+    /// Whether every probe since the last call is finite (and forgets them).
+    fn all_finite(&self) -> Result<bool> {
+        let probes = std::mem::take(&mut *self.probes.borrow_mut());
+        if probes.is_empty() {
+            return Ok(true);
+        }
+        let all = Tensor::f_cat(&probes, 0)?.f_isfinite()?.f_all()?;
+        Ok(all.f_int64_value(&[])? != 0)
     }
 }
 
@@ -377,6 +445,6 @@ const SMALL_BATCH: i64 = 16;
 /// Images up to this many pixels take the batched path in eval.
 const SMALL_IMAGE: i64 = 96 * 96;
 
-fn chain(children: &[Exec], x: Tensor, t: &[Tensor]) -> Result<Tensor> {
+fn chain(children: &[Exec], x: Tensor, t: &Run) -> Result<Tensor> {
     children.iter().try_fold(x, |x, c| c.run(x, t))
 }

@@ -68,9 +68,71 @@ kinds! {
     Fire => ["inplanes"],
     SqueezeNet => ["num_classes"],
     SiameseModel => [],
+    Identity => [],
 }
 
 impl Kind {
+    /// The tensors the reference `forward` reads, by attribute name, in the order the executor
+    /// takes them. Python reads each by name (so parametrized, pruned or plain-tensor weights are
+    /// what PyTorch would use); any of them may be `None`.
+    pub fn tensors(self) -> &'static [&'static str] {
+        match self {
+            Kind::Conv2d | Kind::Linear => &["weight", "bias"],
+            Kind::BatchNorm1d | Kind::BatchNorm2d => &[
+                "weight",
+                "bias",
+                "running_mean",
+                "running_var",
+                "num_batches_tracked",
+            ],
+            _ => &[],
+        }
+    }
+
+    /// The children the reference `forward` calls, by attribute name, in the order the executor
+    /// indexes them; a trailing `?` marks one that may be `None` (it then acts as the identity).
+    /// `None` means every child, in registration order (`nn.Sequential`, `nn.ModuleDict`).
+    /// Children not listed are not part of the forward (a layer's parametrizations, say).
+    pub fn children(self) -> Option<&'static [&'static str]> {
+        Some(match self {
+            Kind::Sequential
+            | Kind::ConvLayer
+            | Kind::XResNet
+            | Kind::_Transition
+            | Kind::_DenseBlock => return None,
+            Kind::BasicBlock => &["conv1", "bn1", "relu", "conv2", "bn2", "downsample?"],
+            Kind::Bottleneck => &[
+                "conv1",
+                "bn1",
+                "conv2",
+                "bn2",
+                "conv3",
+                "bn3",
+                "relu",
+                "downsample?",
+            ],
+            Kind::ResNet => &[
+                "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
+                "avgpool", "fc",
+            ],
+            Kind::ResBlock => &["convpath", "idpath", "act"],
+            Kind::VGG | Kind::AlexNet => &["features", "avgpool", "classifier"],
+            Kind::DenseNet | Kind::SqueezeNet => &["features", "classifier"],
+            Kind::_DenseLayer => &["norm1", "relu1", "conv1", "norm2", "relu2", "conv2"],
+            Kind::Fire => &[
+                "squeeze",
+                "squeeze_activation",
+                "expand1x1",
+                "expand1x1_activation",
+                "expand3x3",
+                "expand3x3_activation",
+            ],
+            Kind::AdaptiveConcatPool2d => &["ap", "mp"],
+            Kind::SiameseModel => &["encoder", "head"],
+            _ => &[],
+        })
+    }
+
     /// The kind called `name`, if the core knows it.
     pub fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.name() == name)

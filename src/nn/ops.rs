@@ -7,28 +7,27 @@ use crate::error::Result;
 use tch::Tensor;
 
 /// A module compiled for execution: leaf settings are concrete, containers keep their kind.
+/// Tensors are not part of it: the executor hands each leaf the tensors of `Kind::tensors`,
+/// each `None` when the module holds none under that name (as PyTorch's `forward` sees it).
 #[derive(Clone, Debug)]
 pub enum Op {
     Conv2d {
-        cin: i64,
         stride: Vec<i64>,
         padding: Vec<i64>,
         dilation: Vec<i64>,
         groups: i64,
-        bias: bool,
     },
     BatchNorm {
         dim: i64,
-        nf: i64,
         eps: f64,
         momentum: Option<f64>,
-        affine: bool,
         track: bool,
+        /// Whether `running_mean` and `running_var` are both there (eval then uses them).
+        running: bool,
+        /// Whether `weight` and `bias` are both there.
+        affine: bool,
     },
-    Linear {
-        cin: i64,
-        bias: bool,
-    },
+    Linear,
     ReLU {
         inplace: bool,
     },
@@ -53,40 +52,53 @@ pub enum Op {
     },
     Dropout {
         p: f64,
+        inplace: bool,
     },
     SigmoidRange {
         low: f64,
         high: f64,
     },
+    /// An absent optional child (a residual block's `downsample = None`).
+    Identity,
     /// A container: its children and its kind decide what it computes (see `exec`).
     Container(Kind),
 }
 
 impl Op {
-    /// Compiles `kind` with its settings.
-    pub fn compile(kind: Kind, settings: &[Value]) -> Result<Op> {
+    /// Compiles `kind` with its settings; `present` says which of `kind.tensors()` are there.
+    pub fn compile(kind: Kind, settings: &[Value], present: &[bool]) -> Result<Op> {
+        let names = kind.tensors();
+        if present.len() != names.len() {
+            bail!(
+                Value,
+                "{}: expected {} tensor slots ({}), got {}",
+                kind.name(),
+                names.len(),
+                names.join(", "),
+                present.len()
+            );
+        }
+        let has = |name: &str| names.iter().zip(present).any(|(n, &p)| *n == name && p);
         let s = Settings(kind, settings);
+        if matches!(kind, Kind::Conv2d | Kind::Linear) && !has("weight") {
+            bail!(Value, "{}: weight is None", kind.name());
+        }
         Ok(match kind {
             Kind::Conv2d => Op::Conv2d {
-                cin: s.int("in_channels")?,
                 stride: s.ints("stride", 2, &[1, 1])?,
                 padding: s.ints("padding", 2, &[0, 0])?,
                 dilation: s.ints("dilation", 2, &[1, 1])?,
                 groups: s.int("groups")?,
-                bias: s.bool("bias")?,
             },
             Kind::BatchNorm1d | Kind::BatchNorm2d => Op::BatchNorm {
                 dim: if kind == Kind::BatchNorm1d { 1 } else { 2 },
-                nf: s.int("num_features")?,
                 eps: s.float("eps")?,
                 momentum: s.opt_float("momentum")?,
-                affine: s.bool("affine")?,
                 track: s.bool("track_running_stats")?,
+                running: has("running_mean") && has("running_var"),
+                affine: has("weight") && has("bias"),
             },
-            Kind::Linear => Op::Linear {
-                cin: s.int("in_features")?,
-                bias: s.bool("bias")?,
-            },
+            Kind::Linear => Op::Linear,
             Kind::ReLU => Op::ReLU {
                 inplace: s.bool("inplace")?,
             },
@@ -115,58 +127,53 @@ impl Op {
             Kind::Flatten => Op::Flatten {
                 full: s.bool("full")?,
             },
-            Kind::Dropout => Op::Dropout { p: s.float("p")? },
+            Kind::Dropout => Op::Dropout {
+                p: s.float("p")?,
+                inplace: s.bool("inplace")?,
+            },
             Kind::SigmoidRange => Op::SigmoidRange {
                 low: s.float("low")?,
                 high: s.float("high")?,
             },
+            Kind::Identity => Op::Identity,
             k => Op::Container(k),
         })
     }
 
-    /// How many tensors (parameters, then buffers) the module holds with these settings.
-    pub fn n_tensors(&self) -> usize {
-        match self {
-            Op::Conv2d { bias, .. } | Op::Linear { bias, .. } => 1 + usize::from(*bias),
-            Op::BatchNorm { affine, track, .. } => {
-                2 * usize::from(*affine) + 3 * usize::from(*track)
-            }
-            _ => 0,
-        }
+    /// Whether this op drops a NaN that PyTorch's dense kernel keeps, when run on a
+    /// oneDNN-blocked tensor (its ReLU maps NaN to 0, its max pool skips NaN).
+    pub fn may_hide_nan(&self) -> bool {
+        matches!(self, Op::ReLU { .. } | Op::MaxPool2d { .. })
     }
 
-    /// Forward of a leaf on `x` with its tensors `t`; `training` is the module's flag.
-    pub fn forward_leaf(&self, x: Tensor, t: &[Tensor], training: bool) -> Result<Tensor> {
+    /// Forward of a leaf on `x` with its tensors `t` (see `Kind::tensors`); `training` is
+    /// the module's flag.
+    pub fn forward_leaf(&self, x: Tensor, t: &[Option<Tensor>], training: bool) -> Result<Tensor> {
+        let slot = |i: usize| t.get(i).and_then(Option::as_ref);
         Ok(match self {
             Op::Conv2d {
-                cin,
                 stride,
                 padding,
                 dilation,
                 groups,
-                bias,
             } => {
-                check_channels(&x, *cin)?;
-                x.f_conv2d(
-                    &t[0],
-                    bias.then(|| &t[1]),
-                    stride,
-                    padding,
-                    dilation,
-                    *groups,
-                )?
+                let w = weight(slot(0))?;
+                check_channels(&x, w, *groups)?;
+                x.f_conv2d(w, slot(1), stride, padding, dilation, *groups)?
             }
             Op::BatchNorm { .. } => self.batch_norm(x, t, training)?,
-            Op::Linear { cin, bias } => {
+            Op::Linear => {
+                let w = weight(slot(0))?;
                 let got = x.size().last().copied().unwrap_or(0);
-                if got != *cin {
+                let want = w.size().get(1).copied().unwrap_or(0);
+                if got != want {
                     bail!(
                         Shape,
-                        "Linear expected inputs with {cin} features, got {got} (input shape {:?})",
+                        "Linear expected inputs with {want} features, got {got} (input shape {:?})",
                         x.size()
                     );
                 }
-                x.f_linear(&t[0], bias.then(|| &t[1]))?
+                x.f_linear(w, slot(1))?
             }
             Op::ReLU { inplace: true } => x.shallow_clone().f_relu_()?,
             Op::ReLU { inplace: false } => x.f_relu()?,
@@ -191,55 +198,57 @@ impl Op {
                 let n = x.size().first().copied().unwrap_or(1);
                 x.f_view_([n, -1])?
             }
-            Op::Dropout { p } => x.f_dropout(*p, training)?,
+            Op::Dropout { p, inplace: true } => x.shallow_clone().f_dropout_(*p, training)?,
+            Op::Dropout { p, inplace: false } => x.f_dropout(*p, training)?,
             Op::SigmoidRange { low, high } => x
                 .f_sigmoid()?
                 .f_mul_scalar(high - low)?
                 .f_add_scalar(*low)?,
+            Op::Identity => x,
             Op::Container(k) => bail!(Value, "{} is a container, not a layer", k.name()),
         })
     }
 
-    /// `nn.BatchNorm{1,2}d.forward`, including its running-stat bookkeeping.
-    fn batch_norm(&self, x: Tensor, t: &[Tensor], training: bool) -> Result<Tensor> {
+    /// `nn.BatchNorm{1,2}d.forward`, step for step: its running-stat bookkeeping and its
+    /// choice between batch and running statistics.
+    fn batch_norm(&self, x: Tensor, t: &[Option<Tensor>], training: bool) -> Result<Tensor> {
         let Op::BatchNorm {
             dim,
-            nf,
             eps,
             momentum,
-            affine,
             track,
+            ..
         } = *self
         else {
             unreachable!()
         };
-        check_bn_input(&x, dim, nf, training)?;
-        let (w, b) = if affine {
-            (Some(&t[0]), Some(&t[1]))
-        } else {
-            (None, None)
-        };
-        let stats = if track {
-            Some(&t[2 * usize::from(affine)..])
-        } else {
-            None
-        };
+        let slot = |i: usize| t.get(i).and_then(Option::as_ref);
+        let (w, b, rm, rv, nbt) = (slot(0), slot(1), slot(2), slot(3), slot(4));
+        let bn_training = training || (rm.is_none() && rv.is_none());
+        check_bn_input(&x, dim, [w, b, rm, rv], bn_training)?;
         let mut factor = momentum.unwrap_or(0.0);
-        if training {
-            if let Some(s) = stats {
+        if training && track {
+            if let Some(n) = nbt {
                 let _guard = tch::no_grad_guard();
-                let _ = s[2].shallow_clone().f_add_scalar_(1)?;
+                let _ = n.shallow_clone().f_add_scalar_(1)?;
                 if momentum.is_none() {
-                    factor = 1.0 / s[2].f_double_value(&[])?;
+                    factor = 1.0 / n.f_double_value(&[])?;
                 }
             }
         }
-        let use_batch = training || stats.is_none();
-        let (rm, rv) = match stats {
-            Some(s) => (Some(&s[0]), Some(&s[1])),
-            None => (None, None),
+        let (rm, rv) = if !training || track {
+            (rm, rv)
+        } else {
+            (None, None)
         };
-        Ok(x.f_batch_norm(w, b, rm, rv, use_batch, factor, eps, false)?)
+        Ok(x.f_batch_norm(w, b, rm, rv, bn_training, factor, eps, false)?)
+    }
+}
+
+fn weight(w: Option<&Tensor>) -> Result<&Tensor> {
+    match w {
+        Some(w) => Ok(w),
+        None => bail!(Value, "weight is None"),
     }
 }
 
@@ -253,13 +262,14 @@ fn resolve(size: &[i64], x: &Tensor) -> Vec<i64> {
         .collect()
 }
 
-fn check_channels(x: &Tensor, cin: i64) -> Result<()> {
+fn check_channels(x: &Tensor, w: &Tensor, groups: i64) -> Result<()> {
     let size = x.size();
     let got = match size.len() {
         3 => size[0],
         4 => size[1],
         n => bail!(Shape, "Conv2d expected a 4-d input (batch, channels, height, width), got {n}-d input of shape {size:?}"),
     };
+    let cin = w.size().get(1).copied().unwrap_or(0) * groups;
     if got != cin {
         bail!(
             Shape,
@@ -269,7 +279,13 @@ fn check_channels(x: &Tensor, cin: i64) -> Result<()> {
     Ok(())
 }
 
-fn check_bn_input(x: &Tensor, dim: i64, nf: i64, training: bool) -> Result<()> {
+/// `_check_input_dim`, the channel count the tensors imply, and `F.batch_norm`'s batch check.
+fn check_bn_input(
+    x: &Tensor,
+    dim: i64,
+    tensors: [Option<&Tensor>; 4],
+    bn_training: bool,
+) -> Result<()> {
     let size = x.size();
     let ok = if dim == 1 {
         size.len() == 2 || size.len() == 3
@@ -284,12 +300,14 @@ fn check_bn_input(x: &Tensor, dim: i64, nf: i64, training: bool) -> Result<()> {
             size.len()
         );
     }
-    if size[1] != nf {
-        bail!(
-            Shape,
-            "BatchNorm{dim}d expected {nf} features/channels, got {} (input shape {size:?})",
-            size[1]
-        );
+    if let Some(nf) = tensors.iter().flatten().map(|t| t.numel() as i64).next() {
+        if size[1] != nf {
+            bail!(
+                Shape,
+                "BatchNorm{dim}d expected {nf} features/channels, got {} (input shape {size:?})",
+                size[1]
+            );
+        }
     }
     let per_channel: i64 = size
         .iter()
@@ -297,7 +315,7 @@ fn check_bn_input(x: &Tensor, dim: i64, nf: i64, training: bool) -> Result<()> {
         .filter(|(i, _)| *i != 1)
         .map(|(_, s)| s)
         .product();
-    if training && per_channel == 1 {
+    if bn_training && per_channel == 1 {
         bail!(
             Value,
             "Expected more than 1 value per channel when training, got input size {size:?}"

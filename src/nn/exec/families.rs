@@ -1,6 +1,6 @@
 //! Containers of the torchvision and fastai families beyond ResNet, computed as their
 //! reference `forward` computes them (same ops, same order, so results match bit for bit).
-use super::{chain, dense, same_layout, Exec, FlatModule};
+use super::{chain, dense, same_layout, Exec, FlatModule, Run};
 use crate::bail;
 use crate::error::Result;
 use crate::nn::kind::Kind;
@@ -21,16 +21,6 @@ pub(super) fn runs(kind: Kind) -> bool {
     )
 }
 
-/// Whether `kind` can run with `n` children (those it indexes need the reference's count).
-pub(super) fn arity_ok(kind: Kind, n: usize) -> bool {
-    match kind {
-        Kind::ResBlock | Kind::VGG | Kind::AlexNet => n == 3,
-        Kind::DenseNet | Kind::SqueezeNet => n == 2,
-        Kind::_DenseLayer | Kind::Fire => n == 6,
-        _ => true,
-    }
-}
-
 /// The `F.dropout` rate of a torchvision `_DenseLayer` (0 for every other module).
 pub(super) fn drop_rate(m: &FlatModule) -> Result<f64> {
     match (m.kind, m.settings.first()) {
@@ -45,7 +35,7 @@ pub(super) fn drop_rate(m: &FlatModule) -> Result<f64> {
 
 impl Exec {
     /// The forward of family container `kind` (one for which `runs` holds).
-    pub(super) fn run_family(&self, kind: Kind, x: Tensor, t: &[Tensor]) -> Result<Tensor> {
+    pub(super) fn run_family(&self, kind: Kind, x: Tensor, t: &Run) -> Result<Tensor> {
         let c = &self.children;
         match kind {
             Kind::ResBlock => {
