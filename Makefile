@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q "torch==2.13.0" "torchvision==0.28.0" "fastai==2.8.12" "maturin>=1.5,<2" \
-		numpy safetensors pytest hypothesis nbclient nbformat ipykernel ruff psutil matplotlib scikit-learn
+		numpy safetensors pytest hypothesis nbclient nbformat ipykernel ruff psutil matplotlib scikit-learn \
+		onnx onnxruntime onnxscript
 	touch $(STAMP)
 
 setup: $(STAMP) build  ## venv + dependencies + the Rust extension

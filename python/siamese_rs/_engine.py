@@ -141,6 +141,11 @@ class RustModule:
         _check_like_params(self, xs, tensors)
         return graph.forward(tensors, list(xs), _fast_ok(xs[0]) if xs else False)
 
+    def __prepare_scriptable__(self):
+        "What `torch.jit.script` compiles instead: a plain-PyTorch copy of this subtree sharing its tensors"
+        from ._script import twin
+        return twin(self)
+
     def _py_forward(self, *xs):
         "PyTorch's forward (child by child for containers), used where the core cannot run as one call"
         return super(RustModule, self).forward(*xs)
