@@ -2,25 +2,31 @@
 # On a fresh machine (Python 3.11 and Rust) each does the whole setup: venv, wheels, Rust build.
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := $(abspath .venv)
+# The torch to build and test against: TORCH=2.15.0 (the default), 2.14.1 or 2.13.0. Each has its own
+# venv and Rust target directory, so a switch never reuses a C++ shim compiled against other headers.
+TORCH ?= 2.15.0
+TORCHVISION_2.15.0 := 0.29.2
+TORCHVISION_2.14.1 := 0.29.1
+TORCHVISION_2.13.0 := 0.28.0
+TORCHVISION := $(or $(TORCHVISION_$(TORCH)),$(error TORCH=$(TORCH) is not one of 2.15.0, 2.14.1, 2.13.0))
+VENV := $(abspath .venv-torch$(TORCH))
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
+export PYO3_PYTHON := $(VENV)/bin/python
 # The Rust build (libtorch's C++ shim takes minutes) is cached outside the checkout.
-export CARGO_TARGET_DIR ?= $(HOME)/.cache/siamese-rs/target
-PY_LIBDIR = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')
-TORCH_LIB = $(shell $(VENV)/bin/python -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/siamese-rs/target-torch$(TORCH)
 STAMP := $(VENV)/.deps-installed
 
 .PHONY: help setup build demo test test-rust test-python soak lint bench
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q "torch==2.13.0" "torchvision==0.28.0" "fastai==2.8.12" "maturin>=1.5,<2" \
+	$(VENV)/bin/python -m pip install -q "torch==$(TORCH)" "torchvision==$(TORCHVISION)" "fastai==2.8.12" "maturin>=1.5,<2" \
 		numpy safetensors pytest hypothesis nbclient nbformat ipykernel ruff psutil matplotlib scikit-learn \
-		onnx onnxruntime onnxscript
+		onnx onnxruntime onnxscript mypy
 	touch $(STAMP)
 
 setup: $(STAMP) build  ## venv + dependencies + the Rust extension
@@ -34,7 +40,7 @@ demo: setup  ## the main job: train a Siamese model on the bundled digits
 test: setup test-rust test-python  ## every test: cargo test + pytest
 
 test-rust: $(STAMP)
-	LD_LIBRARY_PATH=$(TORCH_LIB):$(PY_LIBDIR) cargo test --release -q
+	cargo test --release -q
 
 test-python: build
 	python -m pytest -q
@@ -46,6 +52,7 @@ lint: $(STAMP)  ## cargo fmt/clippy and ruff
 	cargo fmt --check
 	cargo clippy --release -q -- -D warnings
 	ruff check python tests bench
+	python -m mypy.stubtest siamese_rs._core
 
 bench: setup  ## speed and memory against the fastai reference (see bench/)
 	python bench/bench_core.py

@@ -1,4 +1,5 @@
 "Every notebook in notebooks/ runs top to bottom without an error."
+import re
 from pathlib import Path
 
 import nbformat
@@ -20,3 +21,12 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
                    allow_errors=False).execute()
     errors = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.output_type == 'error']
     assert not errors
+    if path.name == 'siamese_tutorial.ipynb': assert validation_accuracy(nb) > 0.9
+
+
+def validation_accuracy(nb):
+    "The pair accuracy printed by the notebook's `learn.validate()` cell: `(#2) [loss,accuracy]`"
+    cell = next(c for c in nb.cells if c.cell_type == 'code' and c.source.startswith('learn.validate()'))
+    text = next(o['data']['text/plain'] for o in cell.outputs if o.output_type == 'execute_result')
+    return float(re.findall(r'[-+]?\d*\.\d+(?:e[-+]?\d+)?', text)[-1])
+

@@ -74,7 +74,7 @@ class SiameseImage(fastuple):
 
 def _rgb(img):
     import numpy as np
-    return np.asarray(img.convert('RGB'))
+    return np.array(img.convert('RGB'))  # a writable copy: torch warns on read-only arrays
 
 
 class NameLabeller:

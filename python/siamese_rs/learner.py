@@ -56,7 +56,9 @@ def _meta(row):
 
 def _reference_fns(name):
     "The torchvision / fastai arch functions fastai keys `model_meta` by, when importable"
-    import torchvision.models as tvm
+    try:
+        import torchvision.models as tvm
+    except ImportError: return []
     fns = [getattr(tvm, name, None)]
     if name.startswith('xresnet'):
         try:
@@ -66,12 +68,35 @@ def _reference_fns(name):
     return [f for f in fns if f is not None]
 
 
+class _ModelMeta(dict):
+    """fastai's `model_meta`: keyed by our arch functions and by torchvision's / fastai's. Those are
+    added on first use (a user holding torchvision's function has imported it already), so that
+    `import siamese_rs` does not import torchvision and fastai."""
+    _complete = False
+
+    def _complete_keys(self):
+        if self._complete: return
+        self._complete = True
+        for name, meta in _META_BY_NAME.items():
+            for f in _reference_fns(name): self[f] = meta
+
+    def __missing__(self, key):
+        if self._complete: raise KeyError(key)
+        self._complete_keys()
+        return self[key]
+
+    def __contains__(self, key): return dict.__contains__(self, key) or (self._complete_keys() or dict.__contains__(self, key))
+    def get(self, key, default=None): return self[key] if key in self else default
+    def __iter__(self): self._complete_keys(); return dict.__iter__(self)
+    def __len__(self): self._complete_keys(); return dict.__len__(self)
+    def keys(self): self._complete_keys(); return dict.keys(self)
+    def values(self): self._complete_keys(); return dict.values(self)
+    def items(self): self._complete_keys(); return dict.items(self)
+
+
 def _build_model_meta():
-    meta, by_name = {}, {}
-    for name, row in models.ARCHS.items():
-        m = by_name[name] = _meta(row)
-        meta[getattr(models, name)] = m
-        for f in _reference_fns(name): meta[f] = m
+    meta, by_name = _ModelMeta(), {}
+    for name, row in models.ARCHS.items(): meta[getattr(models, name)] = by_name[name] = _meta(row)
     return meta, by_name
 
 

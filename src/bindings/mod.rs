@@ -181,5 +181,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(create_head, m)?)?;
     m.add_function(wrap_pyfunction!(first_conv, m)?)?;
     m.add_class::<PyGraph>()?;
+    m.add("TORCH_VERSION", env!("SIAMESE_RS_TORCH_VERSION"))?;
     Ok(())
 }
