@@ -18,6 +18,11 @@ impl Lcg {
     }
 }
 
+/// The unpadded `(weight, bias)` of each layer, for the reference.
+type Raw = Vec<(Vec<f32>, Vec<f32>)>;
+/// `(width, relu, [(n_out, relu)], output)`.
+type Shape = (usize, bool, Vec<(usize, bool)>, Output);
+
 fn layer(rng: &mut Lcg, n_in: usize, n_out: usize, relu: bool) -> (Vec<f32>, Vec<f32>, Layer) {
     let (w, b) = (rng.vec(n_in * n_out), rng.vec(n_out));
     let l = Layer::new(&w, b.clone(), n_in, relu).unwrap();
@@ -25,7 +30,7 @@ fn layer(rng: &mut Lcg, n_in: usize, n_out: usize, relu: bool) -> (Vec<f32>, Vec
 }
 
 /// The head as plain float64 loops, for one pair.
-fn reference(head: &PairHead, raw: &[(Vec<f32>, Vec<f32>)], u: &[f32], v: &[f32]) -> f64 {
+fn reference(head: &PairHead, raw: &Raw, u: &[f32], v: &[f32]) -> f64 {
     let mut h: Vec<f64> = u
         .iter()
         .zip(v)
@@ -64,9 +69,9 @@ fn reference(head: &PairHead, raw: &[(Vec<f32>, Vec<f32>)], u: &[f32], v: &[f32]
 }
 
 /// Heads of every shape the kernels distinguish: fused with 1–4 rows, layered, no layers.
-fn heads(rng: &mut Lcg) -> Vec<(PairHead, Vec<(Vec<f32>, Vec<f32>)>)> {
+fn heads(rng: &mut Lcg) -> Vec<(PairHead, Raw)> {
     let soft = Output::Softmax { y_range: None };
-    let shapes: Vec<(usize, bool, Vec<(usize, bool)>, Output)> = vec![
+    let shapes: Vec<Shape> = vec![
         (40, true, vec![(1, false)], Output::LogOdds),
         (37, true, vec![(2, false)], soft),
         (
