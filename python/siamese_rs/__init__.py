@@ -5,6 +5,7 @@ from . import exceptions as exceptions
 from ._core import Graph  # noqa: F401
 from .data import *  # noqa: F403
 from .exceptions import *  # noqa: F403
+from .index import PairIndex  # noqa: F401
 from .layers import *  # noqa: F403
 from .learner import *  # noqa: F403
 from .learner import imagenet_stats  # noqa: F401
