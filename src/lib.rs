@@ -2,11 +2,13 @@
 //!
 //! `nn` holds the module kinds, initialisers and the stateless executor; `arch` the
 //! architecture families and the arch table; `head` and `body` fastai's `create_head` and
-//! the tensor side of `create_body`; `bindings` is the only module that speaks Python.
+//! the tensor side of `create_body`; `pairs` the pair stage of a split head (`PairIndex`);
+//! `bindings` is the only module that speaks Python.
 pub mod arch;
 pub mod body;
 pub mod error;
 pub mod head;
 pub mod nn;
+pub mod pairs;
 
 mod bindings;

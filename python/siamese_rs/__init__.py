@@ -24,15 +24,18 @@ _DATA = ('ImageError', 'SiameseImage', 'SiameseTransform', 'SimilarityLabel', 'N
          'siamese_dataloaders', 'ImageTuple', 'ImageTupleBlock', 'siamese_datablock', 'digits_path',
          'DIGIT_NAMES', 'predict_pair', 'encode', 'score_pairs', 'SAME', 'DIFFERENT')
 
+# ... and `siamese_rs.index`'s (it scores files through the data helpers).
+_INDEX = ('PairIndex',)
+
 __all__ = ['exceptions', 'load_weights', 'imagenet_stats', *exceptions.__all__, *_layers.__all__, *_learner.__all__,
-           *_models.__all__, *_siamese.__all__, *_DATA]
+           *_models.__all__, *_siamese.__all__, *_DATA, *_INDEX]
 
 
 def __getattr__(name):
-    if name in _DATA:
-        from . import data
-        return getattr(data, name)
+    if name in _DATA or name in _INDEX:
+        import importlib
+        return getattr(importlib.import_module('.data' if name in _DATA else '.index', __name__), name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-def __dir__(): return sorted(set(globals()) | set(_DATA))
+def __dir__(): return sorted(set(globals()) | set(_DATA) | set(_INDEX))

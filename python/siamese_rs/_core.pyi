@@ -3,7 +3,8 @@ from typing import Any, TypeAlias, final
 
 import torch
 
-__all__ = ['kinds', 'archs', 'build_arch', 'create_head', 'first_conv', 'Graph', 'TORCH_VERSION']
+__all__ = ['kinds', 'archs', 'build_arch', 'create_head', 'first_conv', 'Graph', 'PairHead', 'pair_isa',
+           'TORCH_VERSION']
 
 TORCH_VERSION: str
 
@@ -23,3 +24,16 @@ class Graph:
     def __new__(cls, modules: list[tuple[str, tuple[Any, ...], int, bool, list[bool]]]) -> Graph: ...
     def forward(self, tensors: list[torch.Tensor | None], inputs: list[torch.Tensor],
                 fast: bool = False) -> torch.Tensor: ...
+
+def pair_isa() -> str: ...
+
+@final
+class PairHead:
+    def __new__(cls, width: int, relu: bool, layers: list[tuple[torch.Tensor, torch.Tensor, bool]], log_odds: bool,
+                y_range: tuple[float, float] | None = None) -> PairHead: ...
+    @property
+    def width(self) -> int: ...
+    def score(self, u: torch.Tensor, v: torch.Tensor, threads: int) -> torch.Tensor: ...
+    def score_each(self, u: torch.Tensor, v: torch.Tensor, threads: int) -> torch.Tensor: ...
+    def matches(self, u: torch.Tensor, v: torch.Tensor, threshold: float, row_offset: int, skip_diagonal: bool,
+                threads: int) -> tuple[torch.Tensor, torch.Tensor]: ...

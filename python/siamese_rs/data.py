@@ -359,17 +359,6 @@ def score_pairs(model, images1, images2=None, dls=None, bs=64):
     if x1.shape[1:] != x2.shape[1:]:
         raise ShapeError(f'images2: expected images of shape {tuple(x1.shape[1:])} like images1, '
                          f'got {tuple(x2.shape[1:])}')
-    was_training = model.training
-    model.eval()
-    try:
-        f1 = _run(model.encoder, x1, model, bs)
-        f2 = f1 if images2 is None else _run(model.encoder, x2, model, bs)
-        if images2 is None:
-            n = len(f1)
-            i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing='ij')
-            i, j = i.flatten(), j.flatten()
-        else: i = j = torch.arange(len(f1))
-        out = torch.cat([model.head(torch.cat([f1[a], f2[b]], dim=1)) for a, b in zip(_chunks(i, bs), _chunks(j, bs))])
-        p = out.softmax(-1)[:, 1]
-        return p.view(len(f1), len(f1)) if images2 is None else p
-    finally: model.train(was_training)
+    from .index import PairIndex  # the pair index is built on this module's helpers
+    index = PairIndex(model, bs=bs)
+    return index.add(x1).all_pairs() if images2 is None else index._score_each(x1, x2)

@@ -1,6 +1,7 @@
 //! The Python module `siamese_rs._core`: thin wrappers over the core, nothing more.
 mod convert;
 mod errors;
+mod pairs;
 
 use crate::arch::{self, ARCHS};
 use crate::head::HeadCfg;
@@ -181,6 +182,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(create_head, m)?)?;
     m.add_function(wrap_pyfunction!(first_conv, m)?)?;
     m.add_class::<PyGraph>()?;
+    m.add_class::<pairs::PyPairHead>()?;
+    m.add_function(wrap_pyfunction!(pairs::pair_isa, m)?)?;
     m.add("TORCH_VERSION", env!("SIAMESE_RS_TORCH_VERSION"))?;
     Ok(())
 }
