@@ -2,10 +2,12 @@
 //!
 //! `nn` holds the module kinds, initialisers and the stateless executor; `arch` the
 //! architecture families and the arch table; `head` and `body` fastai's `create_head` and
-//! the tensor side of `create_body`; `pairs` the pair stage of a split head (`PairIndex`);
+//! the tensor side of `create_body`; `pairs` the pair stage of a split head (`PairIndex`); `digest` a cheap fingerprint
+//! of tensors' values (what derived objects check to notice a model has changed);
 //! `bindings` is the only module that speaks Python.
 pub mod arch;
 pub mod body;
+pub mod digest;
 pub mod error;
 pub mod head;
 pub mod nn;

@@ -7,7 +7,7 @@ from ._engine import RustModule
 
 __all__ = ['Sequential', 'Conv2d', 'BatchNorm1d', 'BatchNorm2d', 'Linear', 'ReLU', 'MaxPool2d', 'AvgPool2d',
            'AdaptiveAvgPool2d', 'AdaptiveMaxPool2d', 'AdaptiveConcatPool2d', 'Flatten', 'Dropout',
-           'SigmoidRange', 'LinBnDrop', 'BatchNorm']
+           'SigmoidRange', 'LinBnDrop', 'BatchNorm', 'Identity']
 
 
 class _Weighted(RustModule):
@@ -50,6 +50,7 @@ class AdaptiveMaxPool2d(RustModule, nn.AdaptiveMaxPool2d):
 
 
 class Dropout(RustModule, nn.Dropout): _sr_kind = 'Dropout'
+class Identity(RustModule, nn.Identity): _sr_kind = 'Identity'
 
 
 class AdaptiveConcatPool2d(RustModule, nn.Module):

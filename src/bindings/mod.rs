@@ -174,6 +174,13 @@ impl PyGraph {
     }
 }
 
+/// A digest of an evenly spaced sample of each tensor's values (`siamese_rs._watch`).
+#[pyfunction]
+fn sample_digest(tensors: Vec<PyTensor>, per_tensor: usize) -> PyResult<u64> {
+    let tensors: Vec<tch::Tensor> = tensors.into_iter().map(|t| t.0).collect();
+    no_panic(|| crate::digest::sample_digest(&tensors, per_tensor)).py()
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kinds, m)?)?;
@@ -181,6 +188,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_arch, m)?)?;
     m.add_function(wrap_pyfunction!(create_head, m)?)?;
     m.add_function(wrap_pyfunction!(first_conv, m)?)?;
+    m.add_function(wrap_pyfunction!(sample_digest, m)?)?;
     m.add_class::<PyGraph>()?;
     m.add_class::<pairs::PyPairHead>()?;
     m.add_function(wrap_pyfunction!(pairs::pair_isa, m)?)?;

@@ -326,7 +326,7 @@ impl Exec {
                 let within = k.iter().zip(padding).all(|(&k, &p)| p >= 0 && 2 * p <= k);
                 within && dilation.iter().all(|&d| d == 1) && stride.iter().all(|&s| s > 0)
             }
-            Op::Conv2d { .. } | Op::ReLU { .. } => true,
+            Op::Conv2d { .. } | Op::ReLU { .. } | Op::Identity => true,
             _ => false,
         }
     }
@@ -399,9 +399,11 @@ impl Run<'_> {
     }
 }
 
-/// `x` in oneDNN's blocked layout when `fast` allows it and oneDNN takes this tensor.
+/// `x` in oneDNN's blocked layout when `fast` allows it and oneDNN takes this tensor. Python
+/// asks for it with float32 inputs, and with bfloat16 ones only for a frozen bfloat16 model.
 fn blocked(x: Tensor, fast: bool) -> Result<Tensor> {
-    let ok = fast && x.kind() == tch::Kind::Float && x.device() == tch::Device::Cpu && x.dim() == 4;
+    let kind_ok = matches!(x.kind(), tch::Kind::Float | tch::Kind::BFloat16);
+    let ok = fast && kind_ok && x.device() == tch::Device::Cpu && x.dim() == 4;
     Ok(if ok { x.f_to_mkldnn(None)? } else { x })
 }
 

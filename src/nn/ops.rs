@@ -159,7 +159,13 @@ impl Op {
             } => {
                 let w = weight(slot(0))?;
                 check_channels(&x, w, *groups)?;
-                x.f_conv2d(w, slot(1), stride, padding, dilation, *groups)?
+                if w.is_mkldnn() {
+                    // A weight prepacked in oneDNN's layout (`siamese_rs.freeze`): oneDNN's own
+                    // convolution takes it with a blocked or a dense input, and answers in kind.
+                    x.f_mkldnn_convolution(w, slot(1), padding, stride, dilation, *groups)?
+                } else {
+                    x.f_conv2d(w, slot(1), stride, padding, dilation, *groups)?
+                }
             }
             Op::BatchNorm { .. } => self.batch_norm(x, t, training)?,
             Op::Linear => {

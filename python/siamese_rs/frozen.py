@@ -1,0 +1,234 @@
+"""`freeze`: an inference copy of a model, in the spirit of `torch.jit.freeze` and `optimize_for_inference`.
+
+The copy has every BatchNorm that directly follows a convolution folded into it, its convolution weights
+prepacked once in oneDNN's layout (which the core's convolutions then use as they are), and, with
+`dtype=torch.bfloat16`, an encoder that computes in bfloat16 (the head stays float32). It computes what
+`model.eval()` computes, within rounding: folding moves float32 features by about 1e-6 relative.
+
+The copy watches its source: when the source's weights, buffers, modules or settings change (training goes
+on, weights are loaded), the next call folds and packs them again, so a frozen model never answers with
+stale weights."""
+import copy
+import re
+import warnings
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import layers
+from ._engine import KIND_TENSORS, RustModule, _attr, _plan, pure_torch
+from ._watch import Watch, watched_tensors
+from .exceptions import ArgumentError, ArgumentTypeError, DeviceError, DTypeError, ShapeError
+
+__all__ = ['freeze', 'FrozenModel', 'native_bfloat16']
+
+# Containers whose forward applies each child to the previous child's output, so a Conv2d child directly
+# followed by a BatchNorm2d child feeds it alone (torchvision's and fastai's forwards; `_DenseBlock`
+# concatenates, `Fire` branches, and are not listed).
+_CHAINS = {'Sequential', 'ConvLayer', 'XResNet', '_Transition', 'BasicBlock', 'Bottleneck', 'ResNet', '_DenseLayer'}
+_HOOKS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks', '_backward_pre_hooks', '_forward_hooks_with_kwargs',
+          '_forward_hooks_always_called', '_forward_pre_hooks_with_kwargs', '_state_dict_hooks',
+          '_state_dict_pre_hooks', '_load_state_dict_pre_hooks', '_load_state_dict_post_hooks')
+
+
+def native_bfloat16():
+    "Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), as oneDNN's bfloat16 kernels want"
+    try: flags = open('/proc/cpuinfo').read()
+    except OSError: return False
+    return bool(re.search(r'\b(avx512_bf16|amx_bf16)\b', flags)) and torch.backends.mkldnn.is_available()
+
+
+def freeze(model, dtype=torch.float32):
+    "An inference copy of `model` (a SiameseModel, a body or a Learner) with BatchNorm folded and weights prepacked"
+    source = getattr(model, 'model', model)
+    if isinstance(source, FrozenModel): source = source.source
+    if not isinstance(source, nn.Module):
+        raise ArgumentTypeError(f'model: expected a SiameseModel, a body (nn.Module) or a Learner, got {type(model).__name__}')
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ArgumentError(f'dtype: expected torch.float32 or torch.bfloat16, got {dtype!r}')
+    if dtype == torch.bfloat16 and not native_bfloat16():
+        warnings.warn('freeze: this CPU has no native bfloat16 (AVX-512 BF16 or AMX), where bfloat16 is slower than '
+                      'float32; freezing in float32', stacklevel=2)
+        dtype = torch.float32
+    return FrozenModel(source, dtype)
+
+
+class FrozenModel(nn.Module):
+    "What `freeze` returns: `forward(x1, x2)` of a SiameseModel (or `forward(x)` of a body), for inference only"
+    def __init__(self, source, dtype):
+        super().__init__()
+        self.__dict__['source'] = source  # not a child: its parameters are not the frozen model's
+        self.dtype, self.siamese = dtype, hasattr(source, 'encoder') and hasattr(source, 'head')
+        self.encoder = _FrozenEncoder(self)
+        self.head = None
+        self.refresh()
+        self.train(False)
+
+    def refresh(self):
+        "Fold and pack the source's current weights (done by every call when they changed)"
+        src = self.source
+        self.encoder.body = _fold_and_pack(src.encoder if self.siamese else src, self.dtype)
+        if self.siamese: self.head = _copy(src.head).eval()
+        self._watch = Watch(src)
+
+    def _sr_watched(self):
+        "The source's tensors: a PairIndex of this model must notice the source changing, too"
+        return watched_tensors(self.source)
+
+    def _fresh(self):
+        if self._watch.changed(): self.refresh()
+
+    def train(self, mode=True):
+        if mode:
+            raise ArgumentError('mode: a frozen model is for inference only; train the source model (frozen.source) '
+                                'and call the frozen one again, which folds the new weights')
+        return super().train(False)
+
+    def extra_repr(self): return f'dtype={str(self.dtype).removeprefix("torch.")}'
+
+    def forward(self, x1, x2=None):
+        self._fresh()
+        if not self.siamese:
+            if x2 is not None: raise ArgumentTypeError('forward: a frozen body takes one input (x), got two')
+            return self.encoder.run(x1, 'x')
+        if x2 is None: raise ArgumentTypeError('forward: a frozen SiameseModel takes two inputs (x1, x2), got one')
+        for name, x in (('x1', x1), ('x2', x2)): _check_input(x, name, self.encoder.body)
+        if x1.shape != x2.shape:
+            raise ShapeError(f'forward: x1 and x2 must have the same shape (batch, channels, height, width); '
+                             f'got x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)}')
+        # Both sides in one encoder call: in eval the batch does not change the result, and the core runs a
+        # large batch in cache-sized chunks.
+        b = len(x1)
+        f = self.encoder.run(torch.cat([x1, x2]), 'x1')
+        with torch.no_grad(): return self.head(torch.cat([f[:b], f[b:]], dim=1))
+
+
+class _FrozenEncoder(nn.Module):
+    "The frozen encoder: float32 images in, float32 features out (bfloat16 inside for a bfloat16 model)"
+    def __init__(self, owner):
+        super().__init__()
+        self.__dict__['owner'] = owner
+        self.body = None
+
+    def forward(self, x):
+        self.owner._fresh()
+        return self.run(x, 'x')
+
+    def run(self, x, name):
+        _check_input(x, name, self.body)
+        with torch.no_grad(), torch.autocast('cpu', enabled=False):
+            x = x.to(self.owner.dtype)
+            plan = None if pure_torch() else _plan(self.body)
+            if plan is None: y = self.body(x)
+            else:
+                graph, tensors = plan
+                y = graph.forward(tensors, [x], x.device.type == 'cpu' and torch.backends.mkldnn.enabled)
+            return y.float()
+
+
+def _check_input(x, name, body):
+    if not isinstance(x, torch.Tensor):
+        raise ArgumentTypeError(f'forward: {name} must be a torch.Tensor, got {type(x).__name__}')
+    if x.dtype != torch.float32:
+        raise DTypeError(f'forward: {name} is {str(x.dtype).removeprefix("torch.")} but a frozen model takes float32 '
+                         f'images (bfloat16 models convert them themselves); use {name}.float()')
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ArgumentError(f'forward: {name} requires grad, but a frozen model is for inference only (no autograd); '
+                            f'pass {name}.detach(), or use the source model to train')
+    p = next(body.parameters(), None) if body is not None else None
+    if p is not None and x.device != p.device:
+        raise DeviceError(f'forward: {name} is on {x.device} but the frozen model is on {p.device}')
+
+
+def _fold_and_pack(body, dtype):
+    "A frozen copy of `body`: BatchNorm folded into the convolutions, weights prepacked for oneDNN in `dtype`"
+    tree = _copy(body).eval()
+    _fold(tree)
+    cpu = next(tree.parameters(), torch.empty(0)).device.type == 'cpu'
+    for m in tree.modules():
+        if type(m) is layers.Conv2d and cpu and torch.backends.mkldnn.is_available() and m._sr_make_key() is not None:
+            _pack(m, dtype)
+        elif dtype != torch.float32 and isinstance(m, nn.Conv2d):
+            m.weight = nn.Parameter(m.weight.to(dtype), requires_grad=False)
+            if m.bias is not None: m.bias = nn.Parameter(m.bias.to(dtype), requires_grad=False)
+    return tree
+
+
+def _copy(m):
+    "`m`'s tree with the same classes and settings, no hooks, and detached copies of the tensors its forward reads"
+    if not isinstance(m, RustModule): return copy.deepcopy(m)
+    c = copy.copy(m)
+    for h in _HOOKS:
+        if h in m.__dict__: c.__dict__[h] = OrderedDict()
+    reads = KIND_TENSORS[m._sr_kind]
+    values = {n: _attr(m, n) for n in reads}  # as PyTorch's forward sees them: parametrized, pruned...
+    if parametrize.is_parametrized(m): c.__class__ = parametrize.type_before_parametrizations(m)
+    for n in reads: c.__dict__.pop(n, None)
+    params, bufs = OrderedDict(), OrderedDict()
+    for n, v in values.items():
+        v = None if not isinstance(v, torch.Tensor) else v.detach().clone()
+        if n in ('weight', 'bias'): params[n] = None if v is None else nn.Parameter(v, requires_grad=False)
+        else: bufs[n] = v
+    c.__dict__.update(_parameters=params, _buffers=bufs, _non_persistent_buffers_set=set())
+    c.__dict__['_modules'] = OrderedDict((k, None if v is None else _copy(v)) for k, v in m._modules.items()
+                                         if k != 'parametrizations')
+    c.__dict__.pop('_sr_key', None)
+    return c
+
+
+def _named_children(m):
+    "`(name, child)` in the order the forward of `m`'s kind calls them"
+    from ._engine import KIND_CHILDREN
+    names = KIND_CHILDREN.get(m._sr_kind)
+    if names is None: return list(m._modules.items())
+    return [(n.rstrip('?'), m._modules.get(n.rstrip('?'))) for n in names]
+
+
+def _fold(m):
+    "Fold each BatchNorm2d that directly follows a Conv2d in a chain into it, in place, leaving an Identity"
+    if not isinstance(m, RustModule): return
+    if m._sr_kind in _CHAINS:
+        kids = _named_children(m)
+        for (_, conv), (name, bn) in zip(kids, kids[1:]):
+            if _foldable(conv, bn):
+                _fold_into(conv, bn)
+                setattr(m, name, layers.Identity())
+    for c in m._modules.values():
+        if c is not None: _fold(c)
+
+
+def _foldable(conv, bn):
+    "A plain conv of ours followed by an eval BatchNorm2d on running statistics"
+    return (type(conv) is layers.Conv2d and type(bn) is layers.BatchNorm2d and conv._sr_make_key() is not None
+            and bn.running_mean is not None and bn.running_var is not None and conv.weight.shape[0] == bn.num_features)
+
+
+def _fold_into(conv, bn):
+    "`conv` computing `bn(conv(x))` with running statistics, the arithmetic in float64"
+    w = conv.weight.double()
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None: scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None: shift = shift + bn.bias.double()
+    if conv.bias is not None: shift = shift + conv.bias.double() * scale
+    dt = conv.weight.dtype
+    conv.weight = nn.Parameter((w * scale.reshape(-1, 1, 1, 1)).to(dt), requires_grad=False)
+    conv.bias = nn.Parameter(shift.to(dt), requires_grad=False)
+
+
+def _pack(conv, dtype):
+    "`conv`'s weight reordered once into oneDNN's layout for its convolution (its bias stays float32)"
+    w = conv.weight.detach().to_mkldnn(dtype)
+    packed = torch._C._nn.mkldnn_reorder_conv2d_weight(w, list(conv.padding), list(conv.stride),
+                                                       list(conv.dilation), conv.groups)
+    del conv.weight
+    conv.register_buffer('weight', packed)
+    conv.__class__ = _PackedConv2d
+
+
+class _PackedConv2d(layers.Conv2d):
+    "A frozen convolution whose weight is prepacked for oneDNN; run by PyTorch it calls oneDNN directly too"
+    def _py_forward(self, x):
+        return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
