@@ -29,8 +29,8 @@ _DATA = ('ImageError', 'SiameseImage', 'SiameseTransform', 'SimilarityLabel', 'N
 # ... and `siamese_rs.index`'s (it scores files through the data helpers).
 _INDEX = ('PairIndex',)
 
-__all__ = ['exceptions', 'load_weights', 'imagenet_stats', *exceptions.__all__, *_frozen.__all__, *_layers.__all__, *_learner.__all__,
-           *_models.__all__, *_siamese.__all__, *_DATA, *_INDEX]
+__all__ = ['exceptions', 'load_weights', 'imagenet_stats', *exceptions.__all__, *_frozen.__all__, *_layers.__all__,
+           *_learner.__all__, *_models.__all__, *_siamese.__all__, *_DATA, *_INDEX]
 
 
 def __getattr__(name):

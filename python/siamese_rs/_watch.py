@@ -36,7 +36,7 @@ class Watch:
         ts = watched_tensors(self.model)
         mods = tuple((id(m), type(m), len(m._forward_hooks) + len(m._forward_pre_hooks), _settings(m))
                      for m in self.model.modules())
-        key = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in ts)
+        key = tuple((id(t), 0 if t.is_mkldnn else t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in ts)
         # fastai's optimisers write through `p.data`, which leaves version counters alone: compare values too.
         return mods, key, _core.sample_digest(ts, SAMPLE)
 

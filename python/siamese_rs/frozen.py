@@ -159,12 +159,14 @@ def _fold_and_pack(body, dtype):
 def _copy(m):
     "`m`'s tree with the same classes and settings, no hooks, and detached copies of the tensors its forward reads"
     if not isinstance(m, RustModule): return copy.deepcopy(m)
-    c = copy.copy(m)
+    # Not `copy.copy`: a parametrized module refuses to be copied (PyTorch's `__getstate__`).
+    cls = parametrize.type_before_parametrizations(m)
+    c = cls.__new__(cls)
+    c.__dict__.update(m.__dict__)
     for h in _HOOKS:
         if h in m.__dict__: c.__dict__[h] = OrderedDict()
     reads = KIND_TENSORS[m._sr_kind]
     values = {n: _attr(m, n) for n in reads}  # as PyTorch's forward sees them: parametrized, pruned...
-    if parametrize.is_parametrized(m): c.__class__ = parametrize.type_before_parametrizations(m)
     for n in reads: c.__dict__.pop(n, None)
     params, bufs = OrderedDict(), OrderedDict()
     for n, v in values.items():

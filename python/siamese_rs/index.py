@@ -14,6 +14,7 @@ import torch
 
 from . import _core
 from ._split import split_head
+from ._watch import Watch as _Watch
 from .data import _as_batch, _check_bs, _model_dls
 from .exceptions import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, WeightsError, WeightsNotFoundError
 
@@ -21,7 +22,6 @@ __all__ = ['PairIndex']
 
 FORMAT, VERSION = 'siamese_rs.PairIndex', '1'
 _BLOCK = 1 << 22  # values per block where PyTorch scores pairs (16 MiB of float32)
-_SAMPLE = 1024    # values of each tensor compared on every call to notice changed weights
 
 
 def _threads(): return max(1, torch.get_num_threads())
@@ -146,31 +146,6 @@ def _pair_stage(model, feats):
                   'hooks, or BatchNorm without running statistics); scoring runs them per pair in blocks, with '
                   'the same numbers, much more slowly', stacklevel=5)
     return _TorchTail(split, feats.shape[1]) if split is not None else _WholeHead(model.head, feats.shape)
-
-
-class _Watch:
-    "What an index's numbers depend on: the model's modules, its tensors and a sample of their values"
-    def __init__(self, model):
-        self.model = model
-        self.key, self.sample = self._key(), self._sample()
-
-    def _tensors(self): return list(self.model.parameters()) + list(self.model.buffers())
-
-    def _key(self):
-        mods = tuple((id(m), type(m), len(m._forward_hooks) + len(m._forward_pre_hooks)) for m in self.model.modules())
-        ts = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in self._tensors())
-        return mods, ts, repr(self.model.head)
-
-    def _sample(self):
-        # fastai's optimisers write through `p.data`, which leaves version counters alone: compare values too.
-        ts = [t.detach().reshape(-1) for t in self._tensors() if t.numel()]
-        return torch.cat([t[::max(1, t.numel() // _SAMPLE)].to('cpu', torch.float64) for t in ts]) if ts else None
-
-    def changed(self):
-        if self._key() != self.key: return True
-        s = self._sample()
-        if s is None or self.sample is None: return s is not self.sample
-        return not bool(((s == self.sample) | (s.isnan() & self.sample.isnan())).all())
 
 
 def fingerprint(model):
