@@ -3,13 +3,16 @@
 One process, interleaved repetitions, medians with min–max, ratios reference/ours (> 1: we are
 faster), peak memory of each, and achieved GFLOP/s against the machine's measured float32 peak.
 The "fp32 ceiling" column is the most any float32 implementation doing the model's FLOPs could
-gain over eager on this machine: eager's time over the FLOPs' time at that peak.
+gain over eager on this machine: eager's time over the FLOPs' time at that peak. `frozen` and
+`frozen-bf16` are `sr.freeze`d copies of ours (their ratio columns are eager over them); the last
+column says whether they meet their targets against the float32 and bfloat16 peers.
 Writes a markdown table (default bench/RESULTS.md).
 
     python bench/bench_pairs.py                                  # the full table (~25 min on 2 cores)
     python bench/bench_pairs.py --archs resnet34 --eval 8x64 --train "" --reps 3
     python bench/bench_pairs.py --refs eager,compile             # torch.compile instead of jit.trace
     python bench/bench_pairs.py --refs eager,compile,ours-compile  # and our model under torch.compile
+    python bench/bench_pairs.py --archs resnet34 --eval 8x224 --train "" --refs eager,frozen,frozen-bf16,autocast
     python bench/bench_pairs.py --archs resnet34,xresnet50,vgg16_bn,alexnet,densenet121,squeezenet1_1 \
         --eval 8x224 --train 8x224 --refs eager --out bench/FAMILIES.md     # one arch per family
 """
@@ -69,9 +72,33 @@ def make_train_step(model):
     return step
 
 
+# Our inference modes (ratio columns: eager over them) and the peers each is held against.
+OURS = ('frozen', 'frozen-bf16')
+FP32_PEERS, BF16_PEERS = ('trace', 'compile', 'compile-freeze'), ('autocast',)
+
+
+class CompileFrozen:
+    "`torch.compile` (inductor) with its `freezing` on: weights folded into the graph as constants"
+    def __init__(self, model): self.fn = torch.compile(model)
+
+    def __call__(self, x1, x2):
+        with torch._inductor.config.patch(freezing=True): return self.fn(x1, x2)
+
+
+class Autocast:
+    "Eager under `torch.autocast('cpu', torch.bfloat16)`: the bfloat16 way a PyTorch user would pick"
+    def __init__(self, model): self.model = model
+
+    def __call__(self, x1, x2):
+        with torch.autocast('cpu', torch.bfloat16): return self.model(x1, x2).float()
+
+
 def compiled(model, kind, x1, x2):
-    "A model as a user would speed it up: `torch.compile`, or a frozen `torch.jit.trace`"
+    "A model as a user would speed it up: compiled, traced and frozen, autocast, or `sr.freeze`d"
     if kind in ('compile', 'ours-compile'): return torch.compile(model)
+    if kind == 'compile-freeze': return CompileFrozen(model)
+    if kind == 'autocast': return Autocast(model)
+    if kind in OURS: return sr.freeze(model, dtype=torch.bfloat16 if kind == 'frozen-bf16' else torch.float32)
     with torch.no_grad(): return torch.jit.optimize_for_inference(torch.jit.trace(model, (x1, x2)))
 
 
@@ -104,10 +131,12 @@ def machine_peak():
 
 
 def run(cands, inputs, reps):
-    "Interleaved timings `{name: [s]}` and peak memory `{name: MiB}` of each candidate `(name, fn, model)`"
-    times, peaks = {n: [] for n, _, _ in cands}, {}
+    "Interleaved timings `{name: [s]}`, peak memory `{name: MiB}` and first calls `{name: s}` of `(name, fn, model)`"
+    times, peaks, firsts = {n: [] for n, _, _ in cands}, {}, {}
     for n, fn, m in cands:
-        fn(m, *inputs)  # warm-up
+        t = time.perf_counter()
+        fn(m, *inputs)  # warm-up: compiles what compiles
+        firsts[n] = time.perf_counter() - t
         with PeakMemory() as mem: fn(m, *inputs)
         peaks[n] = mem.peak
     for _ in range(reps):
@@ -115,7 +144,7 @@ def run(cands, inputs, reps):
             t = time.perf_counter()
             fn(m, *inputs)
             times[n].append(time.perf_counter() - t)
-    return times, peaks
+    return times, peaks, firsts
 
 
 def fmt(v): return f'{statistics.median(v) * 1e3:.1f} ({min(v) * 1e3:.0f}–{max(v) * 1e3:.0f})'
@@ -123,15 +152,31 @@ def fmt(v): return f'{statistics.median(v) * 1e3:.1f} ({min(v) * 1e3:.0f}–{max
 
 def table_rows(arch, mode, b, px, times, peaks, gflop, refs, peak):
     "One result row; `ceiling` is eager's time over the time the FLOPs take at the machine's peak"
-    o = statistics.median(times['ours'])
+    med = {n: statistics.median(v) for n, v in times.items()}
+    o, eager = med['ours'], med['eager']
     cells = [f'{arch}', mode, f'{b}×{px}', fmt(times['ours'])]
     for r in refs:
-        if r in times: cells += [fmt(times[r]), f'{statistics.median(times[r]) / o:.2f}']
-        else: cells += ['–', '–']
-    ceiling = statistics.median(times['eager']) / (gflop / peak)
-    cells += [f"{peaks['ours']:.0f} / {peaks['eager']:.0f}", f'{gflop / o:.0f} ({100 * gflop / o / peak:.0f}%)',
-              f'{ceiling:.2f}']
+        if r not in times: cells += ['–', '–']
+        elif r in OURS: cells += [fmt(times[r]), f'{eager / med[r]:.2f}']
+        else: cells += [fmt(times[r]), f'{med[r] / o:.2f}']
+    ceiling = eager / (gflop / peak)
+    cells += [' / '.join(f'{peaks[n]:.0f}' for n in ['ours', 'eager', *(r for r in refs if r in OURS and r in peaks)]),
+              f'{gflop / o:.0f} ({100 * gflop / o / peak:.0f}%)', f'{ceiling:.2f}', targets(med, b, px)]
     return '| ' + ' | '.join(cells) + ' |'
+
+
+def targets(med, b, px):
+    "Frozen float32 against the best float32 peer and 1.3x eager; bfloat16 against the bf16 peers (2x eager at 8x224)"
+    out = []
+    fp32 = [med[r] for r in FP32_PEERS if r in med]
+    if 'frozen' in med and fp32:
+        ok = med['frozen'] <= min(fp32) and med['eager'] / med['frozen'] >= 1.3
+        out.append(f"fp32 {'met' if ok else 'missed'} ({min(fp32) / med['frozen']:.2f}× best peer)")
+    bf16 = [med[r] for r in BF16_PEERS if r in med]
+    if 'frozen-bf16' in med and bf16:
+        ok = med['frozen-bf16'] <= min(bf16) and ((b, px) != (8, 224) or med['eager'] / med['frozen-bf16'] >= 2)
+        out.append(f"bf16 {'met' if ok else 'missed'} ({min(bf16) / med['frozen-bf16']:.2f}× autocast)")
+    return '; '.join(out) or '–'
 
 
 def main(argv=None):
@@ -139,15 +184,18 @@ def main(argv=None):
     p.add_argument('--archs', default='resnet34,resnet50,densenet121')
     p.add_argument('--eval', default='1x64,8x64,32x64,64x64,1x224,8x224,32x224,64x224')
     p.add_argument('--train', default='8x224,32x64')
-    p.add_argument('--refs', default='eager,trace',
-                   help='eager plus trace (frozen jit.trace), compile (torch.compile), ours-compile (ours under torch.compile)')
+    p.add_argument('--refs', default='eager,trace,compile-freeze,autocast,frozen,frozen-bf16',
+                   help='eager plus trace (frozen jit.trace), compile (torch.compile), compile-freeze (with inductor '
+                        'freezing), autocast (eager in bfloat16), ours-compile (ours under torch.compile), frozen and '
+                        'frozen-bf16 (sr.freeze)')
     p.add_argument('--reps', type=int, default=7)
     p.add_argument('--out', default=str(Path(__file__).with_name('RESULTS.md')))
     a = p.parse_args(argv)
     refs = a.refs.split(',')
     peak = machine_peak()
     head = ('| arch | mode | pairs×px | ours ms | ' + ' | '.join(f'{r} ms | {r}/ours' for r in refs)
-            + ' | peak MiB ours / eager | ours GFLOP/s (% of peak) | fp32 ceiling |')
+            + ' | peak MiB ours / eager' + ''.join(f' / {r}' for r in refs if r in OURS)
+            + ' | ours GFLOP/s (% of peak) | fp32 ceiling | frozen targets |')
     lines = ['# siamese-rs benchmark\n',
              f'`python bench/bench_pairs.py {" ".join(argv or [])}`'.replace(' `', '`'),
              f'\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, '
@@ -156,6 +204,7 @@ def main(argv=None):
              f'repetitions (min–max); ratios > 1 mean siamese-rs is faster.\n', head,
              '|' + '---|' * (head.count('|') - 1)]
     print('\n'.join(lines), flush=True)
+    setup = []
     for arch in a.archs.split(','):
         torch.manual_seed(0)
         ours, ref = models(arch)
@@ -175,10 +224,15 @@ def main(argv=None):
                     ref.load_state_dict(ours.state_dict())
                     cands = [('ours', make_train_step(ours), ours), ('eager', make_train_step(ref), ref)]
                     gflop = flops(ref, make_train_step(ref), inputs) / 1e9
-                times, peaks = run(cands, inputs, a.reps)
+                times, peaks, firsts = run(cands, inputs, a.reps)
                 line = table_rows(arch, mode, b, px, times, peaks, gflop, refs, peak)
                 lines.append(line)
+                setup.append(f'| {arch} | {mode} | {b}×{px} | ' + ' | '.join(
+                    f'{firsts[r]:.1f}' if r in firsts else '–' for r in ['ours', *refs]) + ' |')
                 print(line, flush=True)
+    lines += ['\nFirst call of each (s): compiling, tracing and freezing happen there.\n',
+              '| arch | mode | pairs×px | ' + ' | '.join(['ours', *refs]) + ' |', '|' + '---|' * (4 + len(refs)), *setup]
+    print('\n'.join(lines[-len(setup) - 3:]))
     Path(a.out).write_text('\n'.join(lines) + '\n')
 
 

@@ -9,7 +9,7 @@ from ._engine import _MISSING, RustModule
 
 __all__ = ['Watch', 'watched_tensors']
 
-SAMPLE = 256  # values of each tensor compared on every check (an optimiser step or a load changes them all)
+SAMPLE = 1024  # values of a large tensor compared on every check (smaller tensors are compared whole)
 
 
 def watched_tensors(model):
