@@ -1,4 +1,6 @@
 "`sr.freeze`: folded, prepacked (and bfloat16) inference copies against fastai's and torchvision's models."
+import copy
+import pickle
 import warnings
 
 import pytest
@@ -197,3 +199,20 @@ def test_without_native_bfloat16_it_warns_and_uses_float32(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         sr.freeze(ours)
+
+
+def test_state_is_the_sources_and_copies_refold(tmp_path):
+    ours, ref = make_pair('resnet18', ps=0.0)
+    randomise_bn(ours)
+    frozen = sr.freeze(ours)
+    x1, x2 = pair_inputs('resnet18', n=2)
+    assert list(frozen.state_dict()) == list(ref.state_dict())  # fastai's keys: weights move to and fro
+    other, _ = make_pair('resnet18', ps=0.0, seed=3)
+    frozen.load_state_dict(other.state_dict())
+    with torch.no_grad(): want = other.eval()(x1, x2)
+    assert rel(frozen(x1, x2), want) < 1e-4
+    for clone in (copy.deepcopy(frozen), pickle.loads(pickle.dumps(frozen))):
+        assert clone.source is not ours and rel(clone(x1, x2), want) < 1e-4
+    index = sr.PairIndex(frozen, images=x2)
+    index.save(tmp_path / 'g.safetensors')
+    assert torch.equal(sr.PairIndex.load(tmp_path / 'g.safetensors', frozen).all_pairs(), index.all_pairs())

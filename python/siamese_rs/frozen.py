@@ -88,6 +88,17 @@ class FrozenModel(nn.Module):
 
     def extra_repr(self): return f'dtype={str(self.dtype).removeprefix("torch.")}'
 
+    # Its state is its source's: prepacked weights are a cache, so saving, copying and pickling go through
+    # the source (fastai's state_dict keys), and loading refolds.
+    def state_dict(self, *args, **kwargs): return self.source.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        out = self.source.load_state_dict(state_dict, strict=strict, assign=assign)
+        self.refresh()
+        return out
+
+    def __reduce__(self): return FrozenModel, (self.source, self.dtype)
+
     def forward(self, x1, x2=None):
         self._fresh()
         if not self.siamese:
