@@ -61,4 +61,4 @@ def test_pyproject_builds_against_the_default_torch():
     text = (ROOT / 'pyproject.toml').read_text()
     default = next(line.split('?=')[1].strip() for line in (ROOT / 'Makefile').read_text().splitlines()
                    if line.startswith('TORCH ?='))
-    assert f'"torch=={default}"' in text.split('[project]')[0]
+    assert f'"torch=={default}; python_version >= \'3.11\'"' in text.split('[project]')[0]
