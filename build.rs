@@ -16,12 +16,37 @@ fn main() {
         }
     }
     println!("cargo:rustc-link-arg-cdylib=-Wl,-rpath,$ORIGIN/../torch/lib");
+    // Wheels link against an older glibc (`SIAMESE_RS_SYSROOT`, see packaging/). Its library folders
+    // go first: the host compiler's own search path also lists the host's /usr/lib.
+    println!("cargo:rerun-if-env-changed=SIAMESE_RS_SYSROOT");
+    if let Ok(sysroot) = std::env::var("SIAMESE_RS_SYSROOT") {
+        println!("cargo:rustc-link-arg-cdylib=--sysroot={sysroot}");
+        for dir in ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"] {
+            println!("cargo:rustc-link-arg-cdylib=-L{sysroot}/{dir}");
+        }
+        // The two glibc symbols newer than the sysroot's that the static libstdc++ and Rust's std
+        // would otherwise need (see the file). Passed as objects: a weak reference pulls nothing
+        // from an archive.
+        println!("cargo:rerun-if-changed=packaging/glibc_compat.c");
+        let objects = cc::Build::new()
+            .file("packaging/glibc_compat.c")
+            .flag(format!("--sysroot={sysroot}"))
+            .compile_intermediates();
+        for object in objects {
+            println!("cargo:rustc-link-arg-cdylib={}", object.display());
+        }
+    }
+    // A C++ standard library linked statically (`CXXSTDLIB_STATIC`, for wheels) stays private to the
+    // extension: libtorch keeps using the system's libstdc++.so and its symbols.
+    println!("cargo:rustc-link-arg-cdylib=-Wl,--exclude-libs,libstdc++.a");
     // The torch the C++ shim is compiled against; Python refuses to load it with another.
-    let version = python(&["-c", "import torch; print(torch.__version__.split('+')[0])"]);
-    println!(
-        "cargo:rustc-env=SIAMESE_RS_TORCH_VERSION={}",
-        version.unwrap_or_else(|| "unknown".into())
-    );
+    let version = std::env::var("DEP_TCH_LIBTORCH_VERSION")
+        .ok()
+        .or_else(|| python(&["-c", "import torch; print(torch.__version__)"]))
+        .map(|v| v.split('+').next().unwrap_or_default().to_string())
+        .filter(|v| !v.is_empty())
+        .expect("siamese-rs: cannot tell which torch release libtorch is (no version from torch-sys or PYO3_PYTHON)");
+    println!("cargo:rustc-env=SIAMESE_RS_TORCH_VERSION={version}");
 }
 
 /// The folder of the libpython that pyo3 links test binaries against.

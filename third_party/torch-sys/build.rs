@@ -58,6 +58,7 @@ struct SystemInfo {
     cxx11_abi: String,
     libtorch_include_dirs: Vec<PathBuf>,
     libtorch_lib_dir: PathBuf,
+    libtorch_version: Option<String>,
     link_type: LinkType,
 }
 
@@ -200,7 +201,13 @@ impl SystemInfo {
             }
         }
         let mut libtorch_lib_dir = None;
-        let cxx11_abi = if env_var_rerun("LIBTORCH_USE_PYTORCH").is_ok() {
+        let mut libtorch_version = None;
+        // siamese-rs: `LIBTORCH_USE_PYTORCH=0` turns it off (a value `.cargo/config.toml` cannot unset),
+        // so that `LIBTORCH` can name a torch the build's interpreter does not have.
+        let use_pytorch = env_var_rerun("LIBTORCH_USE_PYTORCH")
+            .map(|v| !matches!(v.as_str(), "" | "0" | "false" | "FALSE"))
+            .unwrap_or(false);
+        let cxx11_abi = if use_pytorch {
             let output = std::process::Command::new(&python_interpreter)
                 .arg("-c")
                 .arg(PYTHON_PRINT_PYTORCH_DETAILS)
@@ -209,7 +216,8 @@ impl SystemInfo {
             let mut cxx11_abi = None;
             for line in String::from_utf8_lossy(&output.stdout).lines() {
                 if let Some(version) = line.strip_prefix("LIBTORCH_VERSION: ") {
-                    version_check(version)?
+                    version_check(version)?;
+                    libtorch_version = Some(version.trim().to_string());
                 }
                 match line.strip_prefix("LIBTORCH_CXX11: ") {
                     Some("True") => cxx11_abi = Some("1".to_owned()),
@@ -235,11 +243,25 @@ impl SystemInfo {
             let lib = env_var_rerun("LIBTORCH_LIB")
                 .map(PathBuf::from)
                 .unwrap_or_else(|_| libtorch.clone());
-            let mut version_file = libtorch;
+            let mut version_file = libtorch.clone();
             version_file.push("build-version");
             if version_file.exists() {
                 if let Ok(version) = std::fs::read_to_string(&version_file) {
-                    version_check(&version)?
+                    version_check(&version)?;
+                    libtorch_version = Some(version.trim().to_string());
+                }
+            }
+            // siamese-rs: the torch folder of a pip install has `version.py` instead.
+            if libtorch_version.is_none() {
+                if let Ok(text) = std::fs::read_to_string(libtorch.join("version.py")) {
+                    libtorch_version = text.lines().find_map(|line| {
+                        let value = line.strip_prefix("__version__")?.trim_start();
+                        let value = value.strip_prefix('=')?.trim();
+                        Some(value.trim_matches(|c| c == '\'' || c == '"').to_string())
+                    });
+                }
+                if let Some(version) = &libtorch_version {
+                    version_check(version)?
                 }
             }
             libtorch_include_dirs.push(includes.join("include"));
@@ -258,6 +280,7 @@ impl SystemInfo {
             cxx11_abi,
             libtorch_include_dirs,
             libtorch_lib_dir,
+            libtorch_version,
             link_type,
         })
     }
@@ -452,6 +475,10 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rustc-link-search=native={}", si_lib.display());
         // siamese-rs: tell dependents (`DEP_TCH_LIBTORCH_LIB`) where libtorch is, for their RPATH.
         println!("cargo:libtorch_lib={}", si_lib.display());
+        // ... and which torch release it is (`DEP_TCH_LIBTORCH_VERSION`), when known.
+        if let Some(version) = &system_info.libtorch_version {
+            println!("cargo:libtorch_version={version}");
+        }
 
         system_info.make();
 
