@@ -3,9 +3,11 @@
 //! `nn` holds the module kinds, initialisers and the stateless executor; `arch` the
 //! architecture families and the arch table; `head` and `body` fastai's `create_head` and
 //! the tensor side of `create_body`; `pairs` the pair stage of a split head (`PairIndex`);
-//! `bindings` is the only module that speaks Python.
+//! `checksum` lets an index notice changed weights; `bindings` is the only module that speaks
+//! Python.
 pub mod arch;
 pub mod body;
+pub mod checksum;
 pub mod error;
 pub mod head;
 pub mod nn;

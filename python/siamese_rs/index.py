@@ -21,7 +21,6 @@ __all__ = ['PairIndex']
 
 FORMAT, VERSION = 'siamese_rs.PairIndex', '1'
 _BLOCK = 1 << 22  # values per block where PyTorch scores pairs (16 MiB of float32)
-_SAMPLE = 1024    # values of each tensor compared on every call to notice changed weights
 
 
 def _threads(): return max(1, torch.get_num_threads())
@@ -149,28 +148,29 @@ def _pair_stage(model, feats):
 
 
 class _Watch:
-    "What an index's numbers depend on: the model's modules, its tensors and a sample of their values"
+    "What an index's numbers depend on: the model's modules and settings, its tensors and a checksum of every value"
     def __init__(self, model):
         self.model = model
-        self.key, self.sample = self._key(), self._sample()
+        self.key, self.sums = self._key(), self._sums()
 
-    def _tensors(self): return list(self.model.parameters()) + list(self.model.buffers())
+    def _tensors(self):
+        "Parameters, buffers and plain tensor attributes (weights a module reads by name that are neither)"
+        plain = [v for m in self.model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
+        return list(self.model.parameters()) + list(self.model.buffers()) + plain
 
     def _key(self):
         mods = tuple((id(m), type(m), len(m._forward_hooks) + len(m._forward_pre_hooks)) for m in self.model.modules())
         ts = tuple((id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in self._tensors())
-        return mods, ts, repr(self.model.head)
+        return mods, ts, repr(self.model)
 
-    def _sample(self):
-        # fastai's optimisers write through `p.data`, which leaves version counters alone: compare values too.
-        ts = [t.detach().reshape(-1) for t in self._tensors() if t.numel()]
-        return torch.cat([t[::max(1, t.numel() // _SAMPLE)].to('cpu', torch.float64) for t in ts]) if ts else None
+    def _sums(self):
+        # Every byte, not a sample: writes through `p.data` or numpy (fastai's optimisers, a column zeroed, one value
+        # edited) leave version counters alone, and a strided sample misses columns. Measured cheaper than the sample.
+        ts = [t.detach() for t in self._tensors()]
+        ts = [t if t.device.type == 'cpu' and t.is_contiguous() else t.to('cpu').contiguous() for t in ts]
+        return _core.checksums(ts, _threads())
 
-    def changed(self):
-        if self._key() != self.key: return True
-        s = self._sample()
-        if s is None or self.sample is None: return s is not self.sample
-        return not bool(((s == self.sample) | (s.isnan() & self.sample.isnan())).all())
+    def changed(self): return self._key() != self.key or self._sums() != self.sums
 
 
 def fingerprint(model):

@@ -184,6 +184,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGraph>()?;
     m.add_class::<pairs::PyPairHead>()?;
     m.add_function(wrap_pyfunction!(pairs::pair_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(pairs::checksums, m)?)?;
     m.add("TORCH_VERSION", env!("SIAMESE_RS_TORCH_VERSION"))?;
     Ok(())
 }
