@@ -165,7 +165,7 @@ class _Watch:
 
     def _sums(self):
         # Every byte, not a sample: writes through `p.data` or numpy (fastai's optimisers, a column zeroed, one value
-        # edited) leave version counters alone, and a strided sample misses columns. Measured cheaper than the sample.
+        # edited) leave version counters alone, and a strided sample misses columns (bench/bench_index.py times it).
         ts = [t.detach() for t in self._tensors()]
         ts = [t if t.device.type == 'cpu' and t.is_contiguous() else t.to('cpu').contiguous() for t in ts]
         return _core.checksums(ts, _threads())

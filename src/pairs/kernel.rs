@@ -8,7 +8,7 @@
 use super::head::{log_odds, padded, Layer, Output, PairHead};
 use super::simd::{Portable, Simd};
 #[cfg(target_arch = "x86_64")]
-use std::arch::x86_64::{__m256, __m512};
+use std::arch::x86_64::__m256;
 
 /// The instruction set a kernel was compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +98,10 @@ pub(crate) fn tile_probs(isa: Isa, head: &PairHead, t: &Tile, s: &mut Scratch, o
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512(head: &PairHead, t: &Tile, s: &mut Scratch, out: &mut [f32]) {
-    probs::<Fused, 16, __m512>(head, t, s, out)
+    // 256-bit registers for the fused head: measured interleaved on a 2-core AVX-512 Xeon, 512-bit
+    // ones ran it 1.4–1.8× slower (in blocks of 4 × 4 or 4 × 2 pairs), as heavy 512-bit
+    // arithmetic lowers the clock and has fewer ports.
+    probs::<Fused, 16, __m256>(head, t, s, out)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -117,15 +120,11 @@ unsafe fn probs<F: MulAdd, const L: usize, V: Simd>(
     out: &mut [f32],
 ) {
     // Blocks sized so the accumulators (Q × G × M registers) and the Q query registers of a
-    // chunk fit in the 16 (AVX2) or 32 (AVX-512) registers with room for the temporaries.
-    let wide = V::L == 16;
+    // chunk fit in 16 registers with room for the temporaries; 4 × 2 beat 4 × 4 with 32.
     match head.fused_rows() {
-        Some(1) if wide => fused::<V, 1, 4, 4>(head, t, out),
         Some(1) => fused::<V, 1, 4, 2>(head, t, out),
-        Some(2) if wide => fused::<V, 2, 4, 2>(head, t, out),
         Some(2) => fused::<V, 2, 2, 2>(head, t, out),
         Some(3) => fused::<V, 3, 2, 2>(head, t, out),
-        Some(_) if wide => fused::<V, 4, 2, 2>(head, t, out),
         Some(_) => fused::<V, 4, 2, 1>(head, t, out),
         None => layered::<F, L>(head, t, s, out),
     }

@@ -3,6 +3,8 @@
 //! lanes nested in blocks of pairs, chose gathers and scatters across the block and ran at a
 //! tenth of the register-resident speed.
 //!
+//! 256 bits at most: see `kernel::avx512` for why.
+//!
 //! Every implementation sums its lanes in the same tree order as the portable one (lane `i`
 //! plus lane `i + n/2`, halving), so a score does not depend on the block a pair falls in.
 #[cfg(target_arch = "x86_64")]
@@ -127,38 +129,5 @@ impl Simd for __m256 {
     #[inline(always)]
     unsafe fn hsum(self) -> f32 {
         hsum8(self)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Simd for __m512 {
-    const L: usize = 16;
-
-    #[inline(always)]
-    fn zero() -> Self {
-        // SAFETY: AVX-512 is present wherever this type is used (see `Simd`).
-        unsafe { _mm512_setzero_ps() }
-    }
-
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> Self {
-        _mm512_loadu_ps(p)
-    }
-
-    #[inline(always)]
-    unsafe fn relu_sum(u: Self, v: Self) -> Self {
-        _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(u, v))
-    }
-
-    #[inline(always)]
-    unsafe fn mul_add(w: Self, h: Self, acc: Self) -> Self {
-        _mm512_fmadd_ps(w, h, acc)
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(self) -> f32 {
-        // Blocks 2, 3 (lanes 8..16) onto blocks 0, 1: lane i plus lane i + 8.
-        let high = _mm512_shuffle_f32x4::<0b11_10_11_10>(self, self);
-        hsum8(_mm512_castps512_ps256(_mm512_add_ps(self, high)))
     }
 }
