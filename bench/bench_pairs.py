@@ -179,7 +179,10 @@ def main(argv=None):
                 line = table_rows(arch, mode, b, px, times, peaks, gflop, refs, peak)
                 lines.append(line)
                 print(line, flush=True)
-    Path(a.out).write_text('\n'.join(lines) + '\n')
+    out = Path(a.out)
+    rest = out.read_text().split('\n## ', 1) if out.exists() else []
+    # Sections other benchmarks wrote (`## ...`, e.g. bench_index.py's) are kept.
+    out.write_text('\n'.join(lines) + '\n' + (f'\n## {rest[1]}' if len(rest) > 1 else ''))
 
 
 if __name__ == '__main__':

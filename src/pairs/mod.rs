@@ -8,8 +8,8 @@
 //! the head (BatchNorm into the neighbouring `Linear`s) and hands this module the result as a
 //! [`PairHead`]; here the pairs are scored, tile by tile on all cores.
 //!
-//! `head` describes what follows the sum, `kernel` holds the vectorised inner loops and
-//! `tiles` the blocking, packing and threads.
+//! `head` describes what follows the sum, `kernel` holds the vectorised inner loops, `simd`
+//! the registers they run on and `tiles` the blocking, packing and threads.
 mod head;
 mod kernel;
 mod simd;
