@@ -23,6 +23,7 @@ import torch
 from fastai.data.transforms import get_image_files
 
 import siamese_rs as sr
+from bench_pairs import machine_peak
 from memory import PeakMemory
 from siamese_rs import index as ix
 from siamese_rs._split import split_head
@@ -206,9 +207,15 @@ def main(argv=None):
              f'GFLOP/s counts {FLOP_PER_PAIR} operations a pair (add, max, multiply-add over 512).', '']
     print('\n'.join(lines), flush=True)
     table, ours, comp = pair_table(pair_stage(a.reps))
-    lines += table + ['', f'Ours against torch.compile of the same math: **{ours / comp:.1f}×**; '
-                      f'{ours / 1e6:.1f} M pairs/s on {threads} threads.', '']
-    print('\n'.join(table + lines[-2:]), flush=True)
+    peak = machine_peak()
+    bound = peak / 2 / FLOP_PER_PAIR * 1e9  # the peak counts a multiply-add as 2; our operations are 1 each
+    summary = ['', f'Ours against torch.compile of the same math: **{ours / comp:.1f}×**; {ours / 1e6:.1f} M pairs/s on '
+               f'{threads} threads, {ours * FLOP_PER_PAIR / 1e9:.0f} GFLOP/s. The machine\'s measured float32 peak is '
+               f'{peak:.0f} GFLOP/s (multiply-adds as 2), i.e. {peak / 2:.0f} G vector-lane operations a second; at '
+               f'{FLOP_PER_PAIR} operations a pair that bounds the pair stage at {bound / 1e6:.0f} M pairs/s: ours runs '
+               f'at {100 * ours / bound:.0f}% of it.', '']
+    lines += table + summary
+    print('\n'.join(table + summary), flush=True)
     runs, threshold, watch = dedup(a.n_dedup, 32, a.dedup_reps)
     med = [statistics.median(r[0][k] for r in runs) for k in range(4)]
     peak = statistics.median(r[1] for r in runs)
