@@ -35,7 +35,6 @@ def validation_accuracy(nb):
     return float(re.findall(r'[-+]?\d*\.\d+(?:e[-+]?\d+)?', text)[-1])
 
 
-
 def printed(nb, pattern):
     "The number `pattern` captures in the notebook's printed output"
     text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])
