@@ -233,7 +233,10 @@ def main(argv=None):
     lines += ['\nFirst call of each (s): compiling, tracing and freezing happen there.\n',
               '| arch | mode | pairs×px | ' + ' | '.join(['ours', *refs]) + ' |', '|' + '---|' * (4 + len(refs)), *setup]
     print('\n'.join(lines[-len(setup) - 3:]))
-    Path(a.out).write_text('\n'.join(lines) + '\n')
+    out = Path(a.out)
+    rest = out.read_text().split('\n## ', 1) if out.exists() else []
+    # Sections other benchmarks wrote (`## ...`, e.g. bench_index.py's) are kept.
+    out.write_text('\n'.join(lines) + '\n' + (f'\n## {rest[1]}' if len(rest) > 1 else ''))
 
 
 if __name__ == '__main__':

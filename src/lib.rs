@@ -2,12 +2,12 @@
 //!
 //! `nn` holds the module kinds, initialisers and the stateless executor; `arch` the
 //! architecture families and the arch table; `head` and `body` fastai's `create_head` and
-//! the tensor side of `create_body`; `pairs` the pair stage of a split head (`PairIndex`); `digest` a cheap fingerprint
-//! of tensors' values (what derived objects check to notice a model has changed);
-//! `bindings` is the only module that speaks Python.
+//! the tensor side of `create_body`; `pairs` the pair stage of a split head (`PairIndex`);
+//! `checksum` what objects derived from a model (a pair index, a frozen model) compare to notice
+//! that it changed; `bindings` is the only module that speaks Python.
 pub mod arch;
 pub mod body;
-pub mod digest;
+pub mod checksum;
 pub mod error;
 pub mod head;
 pub mod nn;

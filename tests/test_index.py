@@ -226,7 +226,32 @@ def new_setting(m): m.head[-1].eps = 0.5
 def one_value(m): m.head[8].weight.data[1, 3] += 1.0
 
 
-@pytest.mark.parametrize('change', [fastai_sgd_step, train_forward, other_weights, new_module, new_setting, one_value])
+def data_mul(m): m.head[4].weight.data.mul_(1.01)
+def data_assigned(m): m.head[4].weight.data = m.head[4].weight.data * 1.01
+
+
+def no_grad_slice(m):
+    with torch.no_grad(): m.head[4].weight[300:] += 1
+
+
+def data_column(m): m.head[4].weight.data[:, 1] = 0  # one input feature ablated: a column, strided in memory
+def encoder_value(m): m.encoder[4][0].conv1.weight.data.view(-1)[12345] += 0.5
+def numpy_value(m): m.head[4].weight.detach().numpy()[7, 3] += 1.0
+def encoder_setting(m): m.encoder[1].eps = 0.3
+def head_running_stat(m): m.head[6].running_var.data[5] *= 2
+
+
+def torch_optimizer_step(m):
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    m.train()
+    m(imgs(4), imgs(4, seed=2)).sum().backward()
+    opt.step()
+    m.eval()
+
+
+@pytest.mark.parametrize('change', [fastai_sgd_step, train_forward, other_weights, new_module, new_setting, one_value,
+                                    data_mul, data_assigned, no_grad_slice, data_column, encoder_value, numpy_value,
+                                    encoder_setting, head_running_stat, torch_optimizer_step])
 def test_changed_weights_raise_and_rebuilding_fixes(change):
     model = siamese(seed=4, bn_final=True)
     g = imgs(8)
@@ -236,6 +261,22 @@ def test_changed_weights_raise_and_rebuilding_fixes(change):
     for call in (lambda: index.score(imgs(2)), index.all_pairs, lambda: index.matches(0.5), lambda: index.add(imgs(1))):
         with pytest.raises(sr.WeightsError, match='rebuild the index'): call()
     torch.testing.assert_close(sr.PairIndex(model, g).score(imgs(2)), reference(model, imgs(2), g), atol=TOL, rtol=0)
+
+
+def test_a_plain_tensor_weight_is_watched():
+    "A weight read by name that is neither a parameter nor a buffer (the core supports them) is watched too"
+    model = siamese(seed=4)
+    lin = model.head[8]
+    w = lin.weight.detach().clone()
+    del lin.weight
+    lin.weight = w
+    g, q = imgs(8), imgs(2, seed=2)
+    index = sr.PairIndex(model, g)
+    torch.testing.assert_close(index.score(q), reference(model, q, g), atol=TOL, rtol=0)
+    w[0, 1] += 1.0
+    with pytest.raises(sr.WeightsError, match='rebuild the index'): index.score(q)
+    lin.weight = w.clone()
+    with pytest.raises(sr.WeightsError, match='rebuild the index'): index.score(q)
 
 
 def test_save_and_load(model, index, gallery, tmp_path):

@@ -3,7 +3,7 @@ from typing import Any, TypeAlias, final
 
 import torch
 
-__all__ = ['kinds', 'archs', 'build_arch', 'create_head', 'first_conv', 'Graph', 'PairHead', 'pair_isa',
+__all__ = ['kinds', 'archs', 'build_arch', 'create_head', 'first_conv', 'Graph', 'PairHead', 'pair_isa', 'checksums',
            'TORCH_VERSION']
 
 TORCH_VERSION: str
@@ -27,6 +27,8 @@ class Graph:
                 fast: bool = False) -> torch.Tensor: ...
 
 def pair_isa() -> str: ...
+
+def checksums(tensors: list[torch.Tensor], threads: int) -> list[int]: ...
 
 @final
 class PairHead:

@@ -1,35 +1,49 @@
-"""What a derived object's numbers depend on: a model's modules, its tensors and a sample of their values.
+"""What a derived object's numbers depend on: a model's modules, settings, tensors and their values.
 
 `PairIndex` and `freeze` keep numbers computed from a model; `Watch(model).changed()` says when the model
-has moved on since (training went on, weights were loaded, a module was replaced), so that they never
-answer with stale numbers. A model may name more tensors it depends on with `_sr_watched()` (a frozen
-model names its source's)."""
+has moved on since (training went on, weights were loaded, a module was replaced or a setting changed), so
+that they never answer with stale numbers. Values are compared, not only version counters: fastai's
+optimisers write through `p.data`, which leaves those alone. `every_value=True` checksums every byte (a
+`PairIndex`: ~11 ms for resnet34's 89 MB); otherwise a digest of each small tensor whole and of 1,024 values
+of each large one is compared (a frozen model, which checks on every call: well under a millisecond). A model
+may name more tensors it depends on with `_sr_watched()` (a frozen model names its source's)."""
+import torch
+
 from . import _core
 from ._engine import _MISSING, RustModule
 
 __all__ = ['Watch', 'watched_tensors']
 
-SAMPLE = 1024  # values of a large tensor compared on every check (smaller tensors are compared whole)
+SAMPLE = 1024  # values of a large tensor compared by the sampled digest (smaller tensors are compared whole)
 
 
 def watched_tensors(model):
-    "The tensors `model`'s outputs depend on: its parameters and buffers, and those it names in `_sr_watched`"
+    "Parameters, buffers, plain tensor attributes (weights a module reads by name) and those `_sr_watched` names"
+    plain = [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
     extra = getattr(model, '_sr_watched', None)
-    return list(model.parameters()) + list(model.buffers()) + (list(extra()) if extra else [])
+    return list(model.parameters()) + list(model.buffers()) + plain + (list(extra()) if extra else [])
 
 
 def _settings(m):
-    "What `m`'s own forward reads besides tensors: the core's settings for ours, the extra repr of others"
+    "What `m`'s own forward reads besides tensors: the core's settings for ours, public attributes for the rest"
     if isinstance(m, RustModule):
         key = m.__dict__.get('_sr_key', _MISSING)
-        return m._sr_make_key() if key is _MISSING else key
-    return m.extra_repr()
+        if key is _MISSING: key = m._sr_make_key()
+        if key is not None: return key
+    return tuple((k, repr(v)) for k, v in vars(m).items() if not k.startswith('_') and k != 'training')
+
+
+def _checksums(ts):
+    "Every byte of each tensor (prepacked oneDNN copies are derived from watched ones, and have no bytes to read)"
+    ts = [t.detach() for t in ts if not t.is_mkldnn]
+    ts = [t if t.device.type == 'cpu' and t.is_contiguous() else t.to('cpu').contiguous() for t in ts]
+    return tuple(_core.checksums(ts, max(1, torch.get_num_threads())))
 
 
 class Watch:
     "A snapshot of `model` that `changed()` compares with the model as it is now"
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, every_value=False):
+        self.model, self.every_value = model, every_value
         self.state = self._state()
 
     def _state(self):
@@ -37,9 +51,9 @@ class Watch:
         mods = tuple((id(m), type(m), len(m._forward_hooks) + len(m._forward_pre_hooks), _settings(m))
                      for m in self.model.modules())
         key = tuple((id(t), 0 if t.is_mkldnn else t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in ts)
-        # fastai's optimisers write through `p.data`, which leaves version counters alone: compare values too.
-        return mods, key, _core.sample_digest(ts, SAMPLE)
+        values = _checksums(ts) if self.every_value else _core.sample_digest(ts, SAMPLE)
+        return mods, key, values
 
     def changed(self):
-        "Whether the model's modules, settings, tensors or sampled values differ from the snapshot"
+        "Whether the model's modules, settings, tensors or values differ from the snapshot"
         return self._state() != self.state

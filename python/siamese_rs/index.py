@@ -296,7 +296,7 @@ class PairIndex:
                 feats = model.encoder(c.to(p.device) if p is not None else c)
                 if self._stage is None:
                     self._stage = _pair_stage(model, feats)
-                    self._watch = _Watch(model)
+                    self._watch = _Watch(model, every_value=True)
                 out.append(self._stage.encode(feats))
         finally: model.train(was)
         a = torch.cat([o[0] for o in out])

@@ -174,11 +174,11 @@ impl PyGraph {
     }
 }
 
-/// A digest of an evenly spaced sample of each tensor's values (`siamese_rs._watch`).
+/// A digest of a sample of each tensor's values (`siamese_rs._watch`, for frozen models).
 #[pyfunction]
 fn sample_digest(tensors: Vec<PyTensor>, per_tensor: usize) -> PyResult<u64> {
     let tensors: Vec<tch::Tensor> = tensors.into_iter().map(|t| t.0).collect();
-    no_panic(|| crate::digest::sample_digest(&tensors, per_tensor)).py()
+    no_panic(|| crate::checksum::sample_digest(&tensors, per_tensor)).py()
 }
 
 #[pymodule]
@@ -192,6 +192,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGraph>()?;
     m.add_class::<pairs::PyPairHead>()?;
     m.add_function(wrap_pyfunction!(pairs::pair_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(pairs::checksums, m)?)?;
     m.add("TORCH_VERSION", env!("SIAMESE_RS_TORCH_VERSION"))?;
     Ok(())
 }

@@ -24,6 +24,37 @@ pub fn pair_isa() -> &'static str {
     }
 }
 
+/// The checksum of every byte of each of `tensors` (contiguous CPU tensors), GIL released:
+/// what a `PairIndex` compares to notice changed weights.
+#[pyfunction]
+pub fn checksums(py: Python<'_>, tensors: Vec<PyTensor>, threads: usize) -> PyResult<Vec<u64>> {
+    let views = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| bytes(&t.0, i))
+        .collect::<Result<Vec<_>>>()
+        .py()?;
+    Ok(py.allow_threads(|| crate::checksum::checksums(&views, threads)))
+}
+
+/// The bytes of `t`, a contiguous CPU tensor, borrowed.
+fn bytes(t: &Tensor, i: usize) -> Result<&[u8]> {
+    if t.device() != Device::Cpu || !t.is_contiguous() {
+        bail!(
+            Shape,
+            "tensors[{i}]: expected a contiguous CPU tensor, got one on {:?}",
+            t.device()
+        );
+    }
+    let n = t.numel() * t.kind().elt_size_in_bytes();
+    Ok(match n {
+        0 => &[],
+        // SAFETY: a contiguous CPU tensor holds `n` bytes from its data pointer; the borrow of
+        // `t` keeps its storage alive for as long as the slice.
+        _ => unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, n) },
+    })
+}
+
 /// The values of `t`, a contiguous CPU float32 or bfloat16 tensor of `width` columns, borrowed.
 fn rows<'a>(t: &'a Tensor, name: &str, width: usize) -> Result<Rows<'a>> {
     let size = t.size();

@@ -1,10 +1,14 @@
-//! The inner loops, in portable Rust the compiler vectorises: arrays of `L` floats become SIMD
-//! registers, and the accumulators of a block of `Q` queries × `G` gallery rows × `M` logits
-//! stay in registers while `relu(u + v)` is formed and consumed chunk by chunk. Each loop is
-//! compiled for AVX-512, AVX2+FMA and baseline x86-64 (or the target's own features elsewhere)
-//! and chosen at run time; every pair goes through the same sequence of operations whatever
-//! block it falls in, so a score does not depend on where the pair sits in a batch.
+//! The inner loops. The fused head (`relu(u + v)` then at most four logits, the default head's
+//! shape) runs on explicit SIMD registers (`simd`): the accumulators of a block of `Q` queries ×
+//! `G` gallery rows × `M` logits stay in registers while `relu(u + v)` is formed and consumed
+//! chunk by chunk. Other heads go layer by layer in portable Rust the compiler vectorises. Each
+//! loop is compiled for AVX-512, AVX2+FMA and baseline x86-64 (or the target's own features
+//! elsewhere) and chosen at run time; every pair goes through the same sequence of operations
+//! whatever block it falls in, so a score does not depend on where the pair sits in a batch.
 use super::head::{log_odds, padded, Layer, Output, PairHead};
+use super::simd::{Portable, Simd};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m256;
 
 /// The instruction set a kernel was compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,29 +90,42 @@ pub(crate) fn tile_probs(isa: Isa, head: &PairHead, t: &Tile, s: &mut Scratch, o
         Isa::Avx512 => unsafe { avx512(head, t, s, out) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => unsafe { avx2(head, t, s, out) },
-        _ => probs::<Separate, 8>(head, t, s, out),
+        // SAFETY: plain Rust, any CPU.
+        _ => unsafe { probs::<Separate, 8, Portable>(head, t, s, out) },
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn avx512(head: &PairHead, t: &Tile, s: &mut Scratch, out: &mut [f32]) {
-    probs::<Fused, 16>(head, t, s, out)
+unsafe fn avx512(head: &PairHead, t: &Tile, s: &mut Scratch, out: &mut [f32]) {
+    // 256-bit registers for the fused head: measured interleaved on a 2-core AVX-512 Xeon, 512-bit
+    // ones ran it 1.4–1.8× slower (in blocks of 4 × 4 or 4 × 2 pairs), as heavy 512-bit
+    // arithmetic lowers the clock and has fewer ports.
+    probs::<Fused, 16, __m256>(head, t, s, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn avx2(head: &PairHead, t: &Tile, s: &mut Scratch, out: &mut [f32]) {
-    probs::<Fused, 8>(head, t, s, out)
+unsafe fn avx2(head: &PairHead, t: &Tile, s: &mut Scratch, out: &mut [f32]) {
+    probs::<Fused, 8, __m256>(head, t, s, out)
 }
 
+/// # Safety
+/// The CPU runs `V`'s instruction set; `V::L == L`.
 #[inline(always)]
-fn probs<F: MulAdd, const L: usize>(head: &PairHead, t: &Tile, s: &mut Scratch, out: &mut [f32]) {
+unsafe fn probs<F: MulAdd, const L: usize, V: Simd>(
+    head: &PairHead,
+    t: &Tile,
+    s: &mut Scratch,
+    out: &mut [f32],
+) {
+    // Blocks sized so the accumulators (Q × G × M registers) and the Q query registers of a
+    // chunk fit in 16 registers with room for the temporaries; 4 × 2 beat 4 × 4 with 32.
     match head.fused_rows() {
-        Some(1) => fused::<F, L, 1, 4, 2>(head, t, out),
-        Some(2) => fused::<F, L, 2, 4, 1>(head, t, out),
-        Some(3) => fused::<F, L, 3, 2, 1>(head, t, out),
-        Some(_) => fused::<F, L, 4, 2, 1>(head, t, out),
+        Some(1) => fused::<V, 1, 4, 2>(head, t, out),
+        Some(2) => fused::<V, 2, 2, 2>(head, t, out),
+        Some(3) => fused::<V, 3, 2, 2>(head, t, out),
+        Some(_) => fused::<V, 4, 2, 1>(head, t, out),
         None => layered::<F, L>(head, t, s, out),
     }
 }
@@ -148,23 +165,20 @@ fn relu_sum<const L: usize>(u: &[f32; L], v: &[f32; L]) -> [f32; L] {
 
 /// The fused head `w · relu(u + v) + b` with `M` rows in `w`, in blocks of `Q × G` pairs.
 #[inline(always)]
-fn fused<F: MulAdd, const L: usize, const M: usize, const Q: usize, const G: usize>(
+unsafe fn fused<V: Simd, const M: usize, const Q: usize, const G: usize>(
     head: &PairHead,
     t: &Tile,
     out: &mut [f32],
 ) {
-    let layer = &head.layers[0];
-    let nc = t.stride / L;
-    let w: [&[[f32; L]]; M] = std::array::from_fn(|m| &chunks(&layer.w[m * t.stride..])[..nc]);
-    let row = |i: usize| -> &[[f32; L]] { &chunks(&t.u[i * t.stride..])[..nc] };
+    let w: [*const f32; M] = std::array::from_fn(|m| head.layers[0].w[m * t.stride..].as_ptr());
+    let row = |i: usize| t.u[i * t.stride..(i + 1) * t.stride].as_ptr();
     let mut q = 0;
     while q < t.qn {
         if q + Q <= t.qn {
-            let us = std::array::from_fn(|k| row(q + k));
-            fused_rows::<F, L, M, Q, G>(head, &us, &w, t, q, out);
+            fused_rows::<V, M, Q, G>(head, std::array::from_fn(|k| row(q + k)), w, t, q, out);
             q += Q;
         } else {
-            fused_rows::<F, L, M, 1, G>(head, &[row(q)], &w, t, q, out);
+            fused_rows::<V, M, 1, G>(head, [row(q)], w, t, q, out);
             q += 1;
         }
     }
@@ -172,16 +186,16 @@ fn fused<F: MulAdd, const L: usize, const M: usize, const Q: usize, const G: usi
 
 /// Rows `q..q + Q` of the fused head against every gallery row of the tile.
 #[inline(always)]
-fn fused_rows<F: MulAdd, const L: usize, const M: usize, const Q: usize, const G: usize>(
+unsafe fn fused_rows<V: Simd, const M: usize, const Q: usize, const G: usize>(
     head: &PairHead,
-    us: &[&[[f32; L]]; Q],
-    w: &[&[[f32; L]]; M],
+    us: [*const f32; Q],
+    w: [*const f32; M],
     t: &Tile,
     q: usize,
     out: &mut [f32],
 ) {
-    let nc = t.stride / L;
-    let row = |g: usize| -> &[[f32; L]] { &chunks(&t.v[g * t.stride..])[..nc] };
+    let nc = t.stride / V::L;
+    let row = |g: usize| t.v[g * t.stride..(g + 1) * t.stride].as_ptr();
     let b = &head.layers[0].b;
     // One log-odds per pair is turned into P(same) afterwards, a whole row at a time.
     let raw = M == 1 && head.output == Output::LogOdds;
@@ -192,8 +206,7 @@ fn fused_rows<F: MulAdd, const L: usize, const M: usize, const Q: usize, const G
     let mut g = 0;
     while g < t.gn {
         if g + G <= t.gn {
-            let vs = std::array::from_fn(|j| row(g + j));
-            let z = block::<F, L, M, Q, G>(us, &vs, w, nc);
+            let z = block::<V, M, Q, G>(us, std::array::from_fn(|j| row(g + j)), w, nc);
             for (k, zk) in z.into_iter().enumerate() {
                 for (j, zj) in zk.into_iter().enumerate() {
                     emit(k, g + j, zj);
@@ -201,7 +214,7 @@ fn fused_rows<F: MulAdd, const L: usize, const M: usize, const Q: usize, const G
             }
             g += G;
         } else {
-            let z = block::<F, L, M, Q, 1>(us, &[row(g)], w, nc);
+            let z = block::<V, M, Q, 1>(us, [row(g)], w, nc);
             for (k, zk) in z.into_iter().enumerate() {
                 emit(k, g, zk[0]);
             }
@@ -215,31 +228,34 @@ fn fused_rows<F: MulAdd, const L: usize, const M: usize, const Q: usize, const G
     }
 }
 
-/// `w[m] · relu(u[q] + v[g])` for a block of `Q × G` pairs, accumulators in registers.
+/// `w[m] · relu(u[q] + v[g])` for a block of `Q × G` pairs over `nc` chunks, accumulators in
+/// registers; every pair sees the same operations in the same order, whatever `Q` and `G`.
+///
+/// # Safety
+/// Each pointer has `nc * V::L` readable floats; the CPU runs `V`'s instruction set.
 #[inline(always)]
-fn block<F: MulAdd, const L: usize, const M: usize, const Q: usize, const G: usize>(
-    u: &[&[[f32; L]]; Q],
-    v: &[&[[f32; L]]; G],
-    w: &[&[[f32; L]]; M],
+unsafe fn block<V: Simd, const M: usize, const Q: usize, const G: usize>(
+    u: [*const f32; Q],
+    v: [*const f32; G],
+    w: [*const f32; M],
     nc: usize,
 ) -> [[[f32; M]; G]; Q] {
-    let u: [&[[f32; L]]; Q] = std::array::from_fn(|k| &u[k][..nc]);
-    let v: [&[[f32; L]]; G] = std::array::from_fn(|j| &v[j][..nc]);
-    let w: [&[[f32; L]]; M] = std::array::from_fn(|m| &w[m][..nc]);
-    let mut acc = [[[[0f32; L]; M]; G]; Q];
+    let mut acc = [[[V::zero(); M]; G]; Q];
     for c in 0..nc {
-        for k in 0..Q {
-            for j in 0..G {
-                let h = relu_sum(&u[k][c], &v[j][c]);
+        let at = c * V::L;
+        let wc: [V; M] = std::array::from_fn(|m| V::load(w[m].add(at)));
+        let uc: [V; Q] = std::array::from_fn(|k| V::load(u[k].add(at)));
+        for j in 0..G {
+            let vc = V::load(v[j].add(at));
+            for k in 0..Q {
+                let h = V::relu_sum(uc[k], vc);
                 for m in 0..M {
-                    for l in 0..L {
-                        acc[k][j][m][l] = F::mul_add(w[m][c][l], h[l], acc[k][j][m][l]);
-                    }
+                    acc[k][j][m] = V::mul_add(wc[m], h, acc[k][j][m]);
                 }
             }
         }
     }
-    acc.map(|a| a.map(|a| a.map(hsum)))
+    acc.map(|a| a.map(|a| a.map(|x| x.hsum())))
 }
 
 /// Any other head: `PAIRS` pairs at a time through the sum, then each layer.

@@ -8,10 +8,11 @@
 //! the head (BatchNorm into the neighbouring `Linear`s) and hands this module the result as a
 //! [`PairHead`]; here the pairs are scored, tile by tile on all cores.
 //!
-//! `head` describes what follows the sum, `kernel` holds the vectorised inner loops and
-//! `tiles` the blocking, packing and threads.
+//! `head` describes what follows the sum, `kernel` holds the vectorised inner loops, `simd`
+//! the registers they run on and `tiles` the blocking, packing and threads.
 mod head;
 mod kernel;
+mod simd;
 mod tiles;
 
 #[cfg(test)]
@@ -41,6 +42,26 @@ impl Rows<'_> {
     /// Whether no value is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Rows `first..first + n` as padded float32: borrowed when they already are (float32 of a
+    /// padded width, the default head's 512), else packed into `buf`. Copying every tile's rows
+    /// cost as much as scoring them.
+    pub(crate) fn rows<'s>(
+        &'s self,
+        width: usize,
+        first: usize,
+        n: usize,
+        stride: usize,
+        buf: &'s mut Vec<f32>,
+    ) -> &'s [f32] {
+        match self {
+            Rows::F32(s) if width == stride => &s[first * width..(first + n) * width],
+            _ => {
+                self.pack(width, first, n, stride, buf);
+                buf
+            }
+        }
     }
 
     /// Rows `first..first + n` of width `width` as float32 in `dst`, each padded with zeros to

@@ -232,13 +232,13 @@ impl Worker {
     /// `self.probs`; returns its size.
     fn score(&mut self, plan: &Plan, isa: Isa, q0: usize, g0: usize) -> (usize, usize) {
         let (qn, gn) = (TILE_ROWS.min(plan.nq - q0), plan.cols.min(plan.ng - g0));
-        let width = plan.head.width;
-        plan.u.pack(width, q0, qn, plan.stride, &mut self.u);
-        plan.v.pack(width, g0, gn, plan.stride, &mut self.v);
+        let (width, stride) = (plan.head.width, plan.stride);
+        let u = plan.u.rows(width, q0, qn, stride, &mut self.u);
+        let v = plan.v.rows(width, g0, gn, stride, &mut self.v);
         self.probs.resize(qn * gn, 0.0);
         let tile = Tile {
-            u: &self.u,
-            v: &self.v,
+            u,
+            v,
             qn,
             gn,
             stride: plan.stride,

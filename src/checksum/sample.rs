@@ -1,7 +1,6 @@
-//! A cheap fingerprint of many tensors' current values, for objects derived from a model (a pair
-//! index, a frozen model) to notice that the model moved on. fastai's optimisers write through
-//! `p.data`, which leaves version counters alone, so values must be compared; reading a strided
-//! sample of each tensor's memory costs microseconds where PyTorch ops cost a dispatch per tensor.
+//! A digest of a sample of many tensors' values: small tensors whole, large ones in evenly spaced
+//! runs. It costs a fraction of a millisecond for a resnet50, cheap enough for every forward call
+//! of a frozen model; a single edited value of a large tensor outside the sample goes unseen.
 use crate::error::Result;
 use tch::{Device, Tensor};
 
