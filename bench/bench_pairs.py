@@ -216,7 +216,7 @@ def main(argv=None):
                     ours.eval(), ref.eval()
                     with torch.no_grad(): torch.testing.assert_close(ours(*inputs[:2]), ref(*inputs[:2]), atol=1e-4, rtol=0)
                     cands = [('ours', score, ours), ('eager', score, ref)]
-                    cands += [(r, score, compiled(ours if r == 'ours-compile' else ref, r, *inputs[:2]))
+                    cands += [(r, score, compiled(ours if r in ('ours-compile', *OURS) else ref, r, *inputs[:2]))
                               for r in refs if r != 'eager']
                     gflop = flops(ref, score, inputs) / 1e9
                 else:

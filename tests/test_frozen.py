@@ -182,6 +182,7 @@ def test_bad_input_names_the_argument():
     with pytest.raises(sr.ArgumentError, match='dtype: expected torch.float32 or torch.bfloat16'):
         sr.freeze(ours, dtype=torch.float16)
     with pytest.raises(sr.ArgumentTypeError, match='model: expected'): sr.freeze('resnet18')
+    with pytest.raises(sr.ArgumentTypeError, match='plain PyTorch modules'): sr.freeze(make_pair('resnet18')[1])
     with pytest.raises(sr.ArgumentError, match='inference only'): frozen.train()
     with pytest.raises(sr.DTypeError, match='x1 is float64'): frozen(x1.double(), x2.double())
     with pytest.raises(sr.ShapeError, match='same shape'): frozen(x1, x2[:1])

@@ -46,6 +46,11 @@ def freeze(model, dtype=torch.float32):
     if isinstance(source, FrozenModel): source = source.source
     if not isinstance(source, nn.Module):
         raise ArgumentTypeError(f'model: expected a SiameseModel, a body (nn.Module) or a Learner, got {type(model).__name__}')
+    body = source.encoder if hasattr(source, 'encoder') and hasattr(source, 'head') else source
+    if not any(isinstance(m, RustModule) for m in body.modules()):
+        raise ArgumentTypeError(f'model: expected a model of siamese_rs modules (sr.create_body, sr.SiameseModel), got '
+                                f'{type(body).__name__} of plain PyTorch modules; convert it first with '
+                                f'sr.create_body(model, cut=...)')
     if dtype not in (torch.float32, torch.bfloat16):
         raise ArgumentError(f'dtype: expected torch.float32 or torch.bfloat16, got {dtype!r}')
     if dtype == torch.bfloat16 and not native_bfloat16():
@@ -158,8 +163,12 @@ def _fold_and_pack(body, dtype):
     tree = _copy(body).eval()
     _fold(tree)
     cpu = next(tree.parameters(), torch.empty(0)).device.type == 'cpu'
+    # DenseNet's blocks run on dense channels-last tensors (they concatenate), where oneDNN's convolution on a
+    # prepacked weight answers in the ordinary layout and the block ran 1.1-1.4x slower (bench/FROZEN.md).
+    dense = {id(c) for m in tree.modules() if getattr(m, '_sr_kind', None) == '_DenseBlock' for c in m.modules()}
     for m in tree.modules():
-        if type(m) is layers.Conv2d and cpu and torch.backends.mkldnn.is_available() and m._sr_make_key() is not None:
+        packable = type(m) is layers.Conv2d and id(m) not in dense and m._sr_make_key() is not None
+        if packable and cpu and torch.backends.mkldnn.is_available():
             _pack(m, dtype)
         elif dtype != torch.float32 and isinstance(m, nn.Conv2d):
             m.weight = nn.Parameter(m.weight.to(dtype), requires_grad=False)
