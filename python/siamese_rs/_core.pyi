@@ -4,7 +4,7 @@ from typing import Any, TypeAlias, final
 import torch
 
 __all__ = ['kinds', 'archs', 'build_arch', 'create_head', 'first_conv', 'Graph', 'PairHead', 'pair_isa', 'checksums',
-           'TORCH_VERSION']
+           'sample_digest', 'TORCH_VERSION']
 
 TORCH_VERSION: str
 
