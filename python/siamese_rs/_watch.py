@@ -17,11 +17,21 @@ __all__ = ['Watch', 'watched_tensors']
 SAMPLE = 1024  # values of a large tensor compared by the sampled digest (smaller tensors are compared whole)
 
 
+def _walk(model):
+    "`(modules, tensors)`: each module's identity, hooks and settings, and every tensor, in one pass over the tree"
+    mods, ts = [], []
+    for m in model.modules():
+        mods.append((id(m), type(m), len(m._forward_hooks) + len(m._forward_pre_hooks), _settings(m)))
+        ts += [t for t in m._parameters.values() if t is not None]
+        ts += [t for t in m._buffers.values() if t is not None]
+        ts += [v for v in vars(m).values() if isinstance(v, torch.Tensor)]  # plain tensors a module reads by name
+    extra = getattr(model, '_sr_watched', None)
+    return tuple(mods), ts + (list(extra()) if extra else [])
+
+
 def watched_tensors(model):
     "Parameters, buffers, plain tensor attributes (weights a module reads by name) and those `_sr_watched` names"
-    plain = [v for m in model.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
-    extra = getattr(model, '_sr_watched', None)
-    return list(model.parameters()) + list(model.buffers()) + plain + (list(extra()) if extra else [])
+    return _walk(model)[1]
 
 
 def _settings(m):
@@ -47,9 +57,7 @@ class Watch:
         self.state = self._state()
 
     def _state(self):
-        ts = watched_tensors(self.model)
-        mods = tuple((id(m), type(m), len(m._forward_hooks) + len(m._forward_pre_hooks), _settings(m))
-                     for m in self.model.modules())
+        mods, ts = _walk(self.model)
         key = tuple((id(t), 0 if t.is_mkldnn else t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in ts)
         values = _checksums(ts) if self.every_value else _core.sample_digest(ts, SAMPLE)
         return mods, key, values

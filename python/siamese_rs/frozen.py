@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import layers
-from ._engine import KIND_TENSORS, RustModule, _attr, _plan, pure_torch
+from ._engine import KIND_CHILDREN, KIND_TENSORS, RustModule, _attr, _plan, pure_torch
 from ._watch import Watch, watched_tensors
 from .exceptions import ArgumentError, ArgumentTypeError, DeviceError, DTypeError, ShapeError
 
@@ -108,7 +108,8 @@ class FrozenModel(nn.Module):
         self._fresh()
         if not self.siamese:
             if x2 is not None: raise ArgumentTypeError('forward: a frozen body takes one input (x), got two')
-            return self.encoder.run(x1, 'x')
+            _check_input(x1, 'x', self.encoder.body)
+            return self.encoder.run(x1)
         if x2 is None: raise ArgumentTypeError('forward: a frozen SiameseModel takes two inputs (x1, x2), got one')
         for name, x in (('x1', x1), ('x2', x2)): _check_input(x, name, self.encoder.body)
         if x1.shape != x2.shape:
@@ -117,7 +118,7 @@ class FrozenModel(nn.Module):
         # Both sides in one encoder call: in eval the batch does not change the result, and the core runs a
         # large batch in cache-sized chunks.
         b = len(x1)
-        f = self.encoder.run(torch.cat([x1, x2]), 'x1')
+        f = self.encoder.run(torch.cat([x1, x2]))
         with torch.no_grad(): return self.head(torch.cat([f[:b], f[b:]], dim=1))
 
 
@@ -130,10 +131,11 @@ class _FrozenEncoder(nn.Module):
 
     def forward(self, x):
         self.owner._fresh()
-        return self.run(x, 'x')
+        _check_input(x, 'x', self.body)
+        return self.run(x)
 
-    def run(self, x, name):
-        _check_input(x, name, self.body)
+    def run(self, x):
+        "The encoder on checked images"
         with torch.no_grad(), torch.autocast('cpu', enabled=False):
             x = x.to(self.owner.dtype)
             plan = None if pure_torch() else _plan(self.body)
@@ -202,7 +204,6 @@ def _copy(m):
 
 def _named_children(m):
     "`(name, child)` in the order the forward of `m`'s kind calls them"
-    from ._engine import KIND_CHILDREN
     names = KIND_CHILDREN.get(m._sr_kind)
     if names is None: return list(m._modules.items())
     return [(n.rstrip('?'), m._modules.get(n.rstrip('?'))) for n in names]

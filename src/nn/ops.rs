@@ -226,7 +226,7 @@ impl Op {
             ..
         } = *self
         else {
-            unreachable!()
+            bail!(Value, "batch_norm: not a BatchNorm layer")
         };
         let slot = |i: usize| t.get(i).and_then(Option::as_ref);
         let (w, b, rm, rv, nbt) = (slot(0), slot(1), slot(2), slot(3), slot(4));
