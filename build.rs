@@ -9,9 +9,11 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-env-changed=SIAMESE_RS_PORTABLE");
+    // libpython only for the `python` feature's test binaries; the library and the CLI link libtorch alone.
+    let python_lib = std::env::var_os("CARGO_FEATURE_PYTHON").and_then(|_| python_libdir());
     if std::env::var_os("SIAMESE_RS_PORTABLE").is_none() {
         let libtorch = std::env::var("DEP_TCH_LIBTORCH_LIB").ok();
-        for lib in libtorch.into_iter().chain(python_libdir()) {
+        for lib in libtorch.into_iter().chain(python_lib) {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
         }
     }

@@ -1,9 +1,32 @@
 //! fastai's `create_head` (fastai 2.8.12, `vision/learner.py`) and the `LinBnDrop` it
 //! flattens into the head, rule for rule, including `zip`'s truncation of `ps`.
 use crate::bail;
+use crate::children;
 use crate::error::Result;
+use crate::nn::container::{Block, Container, Layout};
+use crate::nn::exec::{Exec, Run};
 use crate::nn::init::{adaptive_avg_pool, batch_norm, dropout, linear, relu, BnCfg, Init, BN};
 use crate::nn::{Kind, Node, Value};
+use tch::Tensor;
+
+/// The head's containers.
+pub const CONTAINERS: &[Container] = &[Container::wired::<ConcatPool>(
+    Kind::AdaptiveConcatPool2d,
+    Layout::Dense,
+)];
+
+children!(
+    /// fastai's `AdaptiveConcatPool2d`: `cat([mp(x), ap(x)], 1)`.
+    ConcatPool { ap, mp }
+);
+
+impl Block for ConcatPool {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let mp = c[self.mp].run(x.shallow_clone(), t)?;
+        let ap = c[self.ap].run(x, t)?;
+        Ok(Tensor::f_cat(&[mp, ap], 1)?)
+    }
+}
 
 /// fastai's `BatchNorm(nf, ndim=1)`: PyTorch's BatchNorm1d with its bias started at 1e-3.
 const FASTAI_BN: BnCfg = BnCfg { bias: 1e-3, ..BN };
@@ -14,7 +37,7 @@ const MAX_FEATURES: i64 = 1 << 31;
 
 /// The arguments of `create_head`, with fastai's defaults in `Default`.
 #[derive(Clone, Debug)]
-pub struct HeadCfg {
+pub struct HeadConfig {
     pub nf: i64,
     pub n_out: i64,
     pub lin_ftrs: Option<Vec<i64>>,
@@ -28,10 +51,10 @@ pub struct HeadCfg {
     pub y_range: Option<(f64, f64)>,
 }
 
-impl HeadCfg {
+impl HeadConfig {
     /// fastai's defaults for `nf` features in and `n_out` out.
-    pub fn new(nf: i64, n_out: i64) -> HeadCfg {
-        HeadCfg {
+    pub fn new(nf: i64, n_out: i64) -> HeadConfig {
+        HeadConfig {
             nf,
             n_out,
             lin_ftrs: None,
@@ -122,7 +145,7 @@ fn lin_bn_drop(
 }
 
 /// `create_head(...)` as an `nn.Sequential` node.
-pub fn create_head(c: &HeadCfg) -> Result<Node> {
+pub fn create_head(c: &HeadConfig) -> Result<Node> {
     c.check()?;
     let nf = if c.pool && c.concat_pool {
         c.nf * 2
@@ -209,7 +232,7 @@ fn concat_pool() -> Node {
 mod tests {
     use super::*;
 
-    fn kinds(c: &HeadCfg) -> Vec<Kind> {
+    fn kinds(c: &HeadConfig) -> Vec<Kind> {
         create_head(c)
             .unwrap()
             .children
@@ -220,17 +243,17 @@ mod tests {
 
     #[test]
     fn fastai_test_cells() {
-        let base = HeadCfg::new(5, 10);
+        let base = HeadConfig::new(5, 10);
         let k = kinds(&base);
         assert_eq!(k.len(), 9);
         assert_eq!(k[2], Kind::BatchNorm1d);
         assert_eq!(k[8], Kind::Linear);
-        let k = kinds(&HeadCfg {
+        let k = kinds(&HeadConfig {
             lin_first: true,
             ..base.clone()
         });
         assert_eq!((k.len(), k[2]), (8, Kind::Dropout));
-        let k = kinds(&HeadCfg {
+        let k = kinds(&HeadConfig {
             first_bn: false,
             ..base.clone()
         });
@@ -239,14 +262,14 @@ mod tests {
 
     #[test]
     fn nf_is_doubled_for_concat_pool() {
-        let h = create_head(&HeadCfg::new(5, 10)).unwrap();
+        let h = create_head(&HeadConfig::new(5, 10)).unwrap();
         assert_eq!(
             h.children[4].1.setting("in_features"),
             Some(&Value::Int(10))
         );
-        let h = create_head(&HeadCfg {
+        let h = create_head(&HeadConfig {
             concat_pool: false,
-            ..HeadCfg::new(5, 10)
+            ..HeadConfig::new(5, 10)
         })
         .unwrap();
         assert_eq!(h.children[4].1.setting("in_features"), Some(&Value::Int(5)));
@@ -254,10 +277,10 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_errors() {
-        assert!(create_head(&HeadCfg::new(0, 2)).is_err());
-        assert!(create_head(&HeadCfg {
+        assert!(create_head(&HeadConfig::new(0, 2)).is_err());
+        assert!(create_head(&HeadConfig {
             ps: vec![1.5],
-            ..HeadCfg::new(4, 2)
+            ..HeadConfig::new(4, 2)
         })
         .is_err());
     }

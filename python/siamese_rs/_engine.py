@@ -27,7 +27,6 @@ KIND_CLASSES = {}
 _GRAPHS = {}
 _MAX_GRAPHS = 256
 _MISSING = object()
-_IDENTITY = (('Identity', ()), 0, False, ())
 
 
 def pure_torch():
@@ -179,15 +178,15 @@ def _fast_ok(x):
 
 
 def _children(m):
-    "The children `m`'s forward calls, in the core's order (None: an absent optional child), or `_MISSING`"
+    "`(name, child)` for the children `m`'s forward calls (an absent optional one left out), or `_MISSING`"
     names = KIND_CHILDREN[m._sr_kind]
-    if names is None: return [c for c in m._modules.values() if c is not None]
+    if names is None: return [(n, c) for n, c in m._modules.items() if c is not None]
     out = []
     for name in names:
         c = _attr(m, name.rstrip('?'))
-        if c is None and name.endswith('?'): out.append(None)
-        elif not isinstance(c, nn.Module): return _MISSING  # PyTorch's forward raises here, so it runs
-        else: out.append(c)
+        if c is None and name.endswith('?'): continue
+        if not isinstance(c, nn.Module): return _MISSING  # PyTorch's forward raises here, so it runs
+        out.append((name.rstrip('?'), c))
     return out
 
 
@@ -204,9 +203,6 @@ def _plan(root):
     hooks = _global_hooks()
     while stack:
         m = stack.pop()
-        if m is None:
-            entries.append(_IDENTITY)
-            continue
         if not isinstance(m, RustModule) or (m is not root and (hooks or _has_hooks(m))): return None
         key = m.__dict__.get('_sr_key', _MISSING)
         if key is _MISSING: key = m._sr_make_key()
@@ -214,8 +210,8 @@ def _plan(root):
         ts, children = _leaf_tensors(m), _children(m)
         if ts is _MISSING or children is _MISSING: return None
         tensors.extend(ts)
-        entries.append((key, len(children), m.training, tuple(t is not None for t in ts)))
-        stack.extend(reversed(children))
+        entries.append((key, tuple(n for n, _ in children), m.training, tuple(t is not None for t in ts)))
+        stack.extend(c for _, c in reversed(children))
     return _graph(tuple(entries)), tensors
 
 

@@ -2,8 +2,15 @@
 //! networks" (Krizhevsky, 2014), the single-tower variant torchvision's weights were trained on.
 //! torchvision keeps PyTorch's default initialisation for every layer.
 use crate::error::Result;
+use crate::nn::container::{Container, Layout};
 use crate::nn::init::{adaptive_avg_pool, conv2d, conv_cfg, dropout, linear, max_pool, relu, Init};
 use crate::nn::{Kind, Node, Value};
+
+/// The containers of the family, for the arch table: `AlexNet.forward` is `VGG.forward`.
+pub const CONTAINERS: &[Container] = &[Container::wired::<super::vgg::Vgg>(
+    Kind::AlexNet,
+    Layout::Dense,
+)];
 
 fn conv(cin: i64, cout: i64, k: i64, stride: i64, padding: i64) -> Result<Node> {
     let cfg = conv_cfg(cin, cout, k)

@@ -3,9 +3,94 @@
 //! (`conv0`, `denseblock1`, `transition1`, ..., `norm5`); each `_DenseBlock` feeds every layer
 //! the concatenation of all earlier outputs. The ReLU and pooling after `norm5` live in
 //! `DenseNet.forward`, so fastai's body (`cut=-1`) ends at `norm5` without them.
+use crate::bail;
+use crate::children;
 use crate::error::Result;
+use crate::nn::container::{Block, Container, Layout};
+use crate::nn::exec::{chain, layout::dense, Exec, Run};
 use crate::nn::init::{avg_pool, batch_norm, conv2d, conv_cfg, linear, max_pool, relu, Init, BN};
 use crate::nn::{Kind, Node, Value};
+use tch::Tensor;
+
+/// The containers of the family, for the arch table.
+pub const CONTAINERS: &[Container] = &[
+    Container::wired::<DenseNet>(Kind::DenseNet, Layout::Dense),
+    Container {
+        kind: Kind::_DenseBlock,
+        children: None,
+        layout: Layout::ChannelsLast,
+        compile: |_, _| Ok(Box::new(DenseBlock)),
+    },
+    Container {
+        kind: Kind::_DenseLayer,
+        children: None,
+        layout: Layout::Dense,
+        compile: |_, settings| Ok(Box::new(DenseLayer::new(settings)?)),
+    },
+    Container::chain(Kind::_Transition, Layout::Blocked),
+];
+
+children!(
+    /// torchvision's `DenseNet`, which applies ReLU and pooling in `forward`, after `features`.
+    DenseNet { features, classifier }
+);
+
+impl Block for DenseNet {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let mut f = dense(c[self.features].run(x, t)?)?;
+        let x = f
+            .f_relu_()?
+            .f_adaptive_avg_pool2d([1, 1])?
+            .f_flatten(1, -1)?;
+        c[self.classifier].run(x, t)
+    }
+}
+
+/// `_DenseBlock`: each layer takes the concatenation of the input and all earlier outputs.
+#[derive(Debug)]
+struct DenseBlock;
+
+impl Block for DenseBlock {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let mut features = vec![x];
+        for layer in c {
+            let input = Tensor::f_cat(&features, 1)?;
+            features.push(layer.run(input, t)?);
+        }
+        Ok(Tensor::f_cat(&features, 1)?)
+    }
+}
+
+/// `_DenseLayer`: its children in turn, then `F.dropout(drop_rate)` on the output.
+#[derive(Debug)]
+struct DenseLayer {
+    drop_rate: f64,
+}
+
+impl DenseLayer {
+    fn new(settings: &[Value]) -> Result<DenseLayer> {
+        let drop_rate = match settings.first().and_then(Value::float) {
+            Some(p) if (0.0..=1.0).contains(&p) => p,
+            Some(p) => bail!(Value, "_DenseLayer: drop_rate must be in [0, 1], got {p}"),
+            None => bail!(Value, "_DenseLayer: drop_rate must be a float in [0, 1]"),
+        };
+        Ok(DenseLayer { drop_rate })
+    }
+}
+
+impl Block for DenseLayer {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, training: bool) -> Result<Tensor> {
+        let y = chain(c, x, t)?;
+        if self.drop_rate > 0.0 {
+            return Ok(y.f_dropout(self.drop_rate, training)?);
+        }
+        Ok(y)
+    }
+
+    fn batch_dependent(&self, training: bool) -> bool {
+        training && self.drop_rate > 0.0
+    }
+}
 
 /// torchvision's init: kaiming_normal_ (fan_in) convs; BatchNorm at weight 1, bias 0.
 const INIT: Init = Init::KaimingNormal { fan_out: false };

@@ -9,6 +9,7 @@ mod vgg;
 mod xresnet;
 
 use crate::error::{Error, Result};
+use crate::nn::container::Container;
 use crate::nn::Node;
 
 /// ImageNet mean and std (fastai's `imagenet_stats`).
@@ -34,6 +35,8 @@ pub struct Arch {
     pub weights: Option<(&'static str, &'static str)>,
     /// Whether fastai's model_meta names torchvision's `'DEFAULT'` weights for it.
     pub tv_weights: bool,
+    /// The containers its family's forward computes (`nn::container`).
+    pub containers: &'static [Container],
     build: fn() -> Result<Node>,
 }
 
@@ -52,28 +55,36 @@ fn named(children: Vec<(&str, Node)>) -> Vec<(String, Node)> {
         .collect()
 }
 
-/// What a family shares: fastai's `_<family>_meta` cut and split.
+/// What a family shares: fastai's `_<family>_meta` cut and split, and its containers.
 struct Family {
     name: &'static str,
     cut: i64,
     split: Split,
+    containers: &'static [Container],
 }
 
-/// A family row: fastai's cut, and its split `m[path][:at]`, `m[path][at:]`, head.
-const fn family(name: &'static str, cut: i64, path: &'static [usize], at: usize) -> Family {
+/// A family row: fastai's cut, its split `m[path][:at]`, `m[path][at:]`, head, and the
+/// containers its file declares.
+const fn family(
+    name: &'static str,
+    cut: i64,
+    (path, at): (&'static [usize], usize),
+    containers: &'static [Container],
+) -> Family {
     Family {
         name,
         cut,
         split: Split { path, at },
+        containers,
     }
 }
 
-const RESNET: Family = family("resnet", -2, &[0], 6);
-const XRESNET: Family = family("xresnet", -4, &[0], 3);
-const SQUEEZENET: Family = family("squeezenet", -1, &[0, 0], 5);
-const DENSENET: Family = family("densenet", -1, &[0, 0], 7);
-const VGG: Family = family("vgg", -2, &[0, 0], 22);
-const ALEXNET: Family = family("alexnet", -2, &[0, 0], 6);
+const RESNET: Family = family("resnet", -2, (&[0], 6), resnet::CONTAINERS);
+const XRESNET: Family = family("xresnet", -4, (&[0], 3), xresnet::CONTAINERS);
+const SQUEEZENET: Family = family("squeezenet", -1, (&[0, 0], 5), squeezenet::CONTAINERS);
+const DENSENET: Family = family("densenet", -1, (&[0, 0], 7), densenet::CONTAINERS);
+const VGG: Family = family("vgg", -2, (&[0, 0], 22), vgg::CONTAINERS);
+const ALEXNET: Family = family("alexnet", -2, (&[0, 0], 6), alexnet::CONTAINERS);
 
 /// A row: `family`, `name`, the pretrained file (`None`: fastai has none) and its URL folder,
 /// whether fastai's meta names torchvision's 'DEFAULT' weights, and the builder.
@@ -97,6 +108,7 @@ macro_rules! arch {
             split: $family.split,
             weights: $weights,
             tv_weights: $tv,
+            containers: $family.containers,
             build: $build,
         }
     };

@@ -2,9 +2,72 @@
 //! (He et al., 2015), with the stride on the 3×3 conv of the bottleneck (ResNet v1.5).
 //! Child names and order follow torchvision, so `state_dict` keys are the same.
 use super::named;
+use crate::children;
 use crate::error::Result;
+use crate::nn::container::{Block, Container, Layout};
+use crate::nn::exec::{path, residual, Exec, Run};
 use crate::nn::init::{batch_norm, conv2d, conv_cfg, linear, max_pool, relu, Init, BN};
 use crate::nn::{Kind, Node, Value};
+use tch::Tensor;
+
+/// The containers of the family, for the arch table.
+pub const CONTAINERS: &[Container] = &[
+    Container::wired::<BasicBlock>(Kind::BasicBlock, Layout::Blocked),
+    Container::wired::<Bottleneck>(Kind::Bottleneck, Layout::Blocked),
+    Container::wired::<ResNet>(Kind::ResNet, Layout::Dense),
+];
+
+children!(
+    /// torchvision's `BasicBlock`.
+    BasicBlock { conv1, bn1, relu, conv2, bn2; downsample }
+);
+
+impl Block for BasicBlock {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let main = [self.conv1, self.bn1, self.relu, self.conv2, self.bn2];
+        let out = path(c, &main, x.shallow_clone(), t)?;
+        residual(c, out, x, self.downsample, self.relu, t, true)
+    }
+}
+
+children!(
+    /// torchvision's `Bottleneck` (one ReLU module, applied three times).
+    Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, relu; downsample }
+);
+
+impl Block for Bottleneck {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let relu = self.relu;
+        let main = [
+            self.conv1, self.bn1, relu, self.conv2, self.bn2, relu, self.conv3, self.bn3,
+        ];
+        let out = path(c, &main, x.shallow_clone(), t)?;
+        residual(c, out, x, self.downsample, relu, t, true)
+    }
+}
+
+children!(
+    /// torchvision's `ResNet`: the stem, four stages, pooling, flattening and `fc`.
+    ResNet { conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4, avgpool, fc }
+);
+
+impl Block for ResNet {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let features = [
+            self.conv1,
+            self.bn1,
+            self.relu,
+            self.maxpool,
+            self.layer1,
+            self.layer2,
+            self.layer3,
+            self.layer4,
+            self.avgpool,
+        ];
+        let x = path(c, &features, x, t)?.f_flatten(1, -1)?;
+        c[self.fc].run(x, t)
+    }
+}
 
 const FAN_OUT: Init = Init::KaimingNormal { fan_out: true };
 

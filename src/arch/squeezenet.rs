@@ -2,9 +2,50 @@
 //! parameters and <0.5MB model size" (Iandola et al., 2016); 1.1 is the cheaper variant from
 //! the authors' repository. Convs are kaiming_uniform_ (a=0) with zero bias; the final conv
 //! is normal_(0, 0.01).
+use crate::children;
 use crate::error::Result;
+use crate::nn::container::{Block, Container, Layout};
+use crate::nn::exec::{layout::dense, path, Exec, Run};
 use crate::nn::init::{adaptive_avg_pool, conv2d, conv_cfg, dropout, max_pool, relu, Init};
 use crate::nn::{Kind, Node, Value};
+use tch::Tensor;
+
+/// The containers of the family, for the arch table.
+pub const CONTAINERS: &[Container] = &[
+    Container::wired::<SqueezeNet>(Kind::SqueezeNet, Layout::Dense),
+    Container::wired::<FireBlock>(Kind::Fire, Layout::Dense),
+];
+
+children!(
+    /// torchvision's `SqueezeNet`: `flatten(classifier(features(x)), 1)`.
+    SqueezeNet { features, classifier }
+);
+
+impl Block for SqueezeNet {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let y = path(c, &[self.features, self.classifier], x, t)?;
+        Ok(dense(y)?.f_flatten(1, -1)?)
+    }
+}
+
+children!(
+    /// torchvision's `Fire`: a squeeze, then two expands concatenated.
+    FireBlock { squeeze, squeeze_activation, expand1x1, expand1x1_activation, expand3x3, expand3x3_activation }
+);
+
+impl Block for FireBlock {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let s = path(c, &[self.squeeze, self.squeeze_activation], x, t)?;
+        let a = path(
+            c,
+            &[self.expand1x1, self.expand1x1_activation],
+            s.shallow_clone(),
+            t,
+        )?;
+        let b = path(c, &[self.expand3x3, self.expand3x3_activation], s, t)?;
+        Ok(Tensor::f_cat(&[a, b], 1)?)
+    }
+}
 
 fn conv(cin: i64, cout: i64, k: i64, stride: i64, init: Init) -> Result<Node> {
     let cfg = conv_cfg(cin, cout, k)

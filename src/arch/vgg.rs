@@ -2,11 +2,30 @@
 //! for Large-Scale Image Recognition" (Simonyan & Zisserman, 2014). `features` is a plain
 //! `nn.Sequential` (conv, BatchNorm, ReLU per layer; a max pool per "M"), so fastai's split
 //! index 22 falls on the same module as in torchvision.
+use crate::children;
 use crate::error::Result;
+use crate::nn::container::{Block, Container, Layout};
+use crate::nn::exec::{layout::dense, path, Exec, Run};
 use crate::nn::init::{
     adaptive_avg_pool, batch_norm, conv2d, conv_cfg, dropout, linear, max_pool, relu, Init, BN,
 };
 use crate::nn::{Kind, Node, Value};
+use tch::Tensor;
+
+/// The containers of the family, for the arch table.
+pub const CONTAINERS: &[Container] = &[Container::wired::<Vgg>(Kind::VGG, Layout::Dense)];
+
+children!(
+    /// torchvision's `VGG` (and `AlexNet`): features, pooling, flattening, classifier.
+    Vgg { features, avgpool, classifier }
+);
+
+impl Block for Vgg {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let x = dense(path(c, &[self.features, self.avgpool], x, t)?)?.f_flatten(1, -1)?;
+        c[self.classifier].run(x, t)
+    }
+}
 
 /// A layer of `features`: a conv width, or a 2×2 max pool.
 #[derive(Clone, Copy)]

@@ -2,9 +2,33 @@
 //! Neural Networks" (He et al., 2018): ResNet-D with a three-conv stem and an average pool
 //! before the 1×1 conv of a downsampling shortcut. Modules are fastai's (`ConvLayer`,
 //! `ResBlock`, `XResNet` as an `nn.Sequential`), so keys and child indices are fastai's.
+use crate::children;
 use crate::error::Result;
+use crate::nn::container::{Block, Container, Layout};
+use crate::nn::exec::{residual, Exec, Run};
 use crate::nn::init::{batch_norm, conv2d, conv_cfg, linear, max_pool, relu, BnCfg, Init, BN};
 use crate::nn::{Kind, Node, Value};
+use tch::Tensor;
+
+/// The containers of the family, for the arch table (`ConvLayer` and `XResNet` are
+/// `nn.Sequential`s).
+pub const CONTAINERS: &[Container] = &[
+    Container::chain(Kind::ConvLayer, Layout::Blocked),
+    Container::chain(Kind::XResNet, Layout::Blocked),
+    Container::wired::<ResBlock>(Kind::ResBlock, Layout::Blocked),
+];
+
+children!(
+    /// fastai's `ResBlock`: `act(convpath(x) + idpath(x))`, the sum out of place.
+    ResBlock { convpath, idpath, act }
+);
+
+impl Block for ResBlock {
+    fn forward(&self, c: &[Exec], x: Tensor, t: &Run, _: bool) -> Result<Tensor> {
+        let out = c[self.convpath].run(x.shallow_clone(), t)?;
+        residual(c, out, x, Some(self.idpath), self.act, t, false)
+    }
+}
 
 /// fastai's `init_cnn`: kaiming_normal_ (fan_in) on every conv and linear, every bias 0.
 const INIT: Init = Init::KaimingNormal { fan_out: false };

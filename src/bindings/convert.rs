@@ -6,7 +6,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyTuple};
 use pyo3_tch::PyTensor;
 use tch::Tensor;
 
-/// A setting from Python: None, bool, int, float, or a tuple of ints (None inside → -1).
+/// A setting from Python: None, bool, int, float, or a tuple of ints (or of ints and None).
 pub fn value_from_py(v: &Bound<'_, PyAny>) -> PyResult<Value> {
     if v.is_none() {
         Ok(Value::None)
@@ -18,9 +18,10 @@ pub fn value_from_py(v: &Bound<'_, PyAny>) -> PyResult<Value> {
         Ok(Value::Float(v.extract()?))
     } else if v.is_instance_of::<PyTuple>() || v.is_instance_of::<PyList>() {
         let items: Vec<Option<i64>> = v.extract()?;
-        Ok(Value::Ints(
-            items.into_iter().map(|i| i.unwrap_or(-1)).collect(),
-        ))
+        Ok(match items.iter().copied().collect::<Option<Vec<i64>>>() {
+            Some(ints) => Value::Ints(ints),
+            None => Value::Sizes(items),
+        })
     } else {
         Err(PyTypeError::new_err(format!(
             "unsupported module setting {v}"
@@ -36,6 +37,7 @@ pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny
         Value::Int(i) => i.into_pyobject(py)?.into_any(),
         Value::Float(f) => f.into_pyobject(py)?.into_any(),
         Value::Ints(v) => PyTuple::new(py, v)?.into_any(),
+        Value::Sizes(v) => PyTuple::new(py, v)?.into_any(),
     })
 }
 

@@ -4,7 +4,7 @@ mod errors;
 mod pairs;
 
 use crate::arch::{self, ARCHS};
-use crate::head::HeadCfg;
+use crate::head::HeadConfig;
 use crate::nn::exec::FlatModule;
 use crate::nn::init::ConvCfg;
 use crate::nn::{Graph, Kind};
@@ -80,7 +80,7 @@ fn create_head(
     lin_first: bool,
     y_range: Option<(f64, f64)>,
 ) -> PyResult<PyObject> {
-    let cfg = HeadCfg {
+    let cfg = HeadConfig {
         nf,
         n_out,
         lin_ftrs,
@@ -122,8 +122,8 @@ fn first_conv(
     node_to_py(py, node)
 }
 
-/// One module of a flattened tree: `(kind, settings, n_children, training, present)`.
-type PyFlatModule<'py> = (String, Bound<'py, PyTuple>, usize, bool, Vec<bool>);
+/// One module of a flattened tree: `(kind, settings, child_names, training, present)`.
+type PyFlatModule<'py> = (String, Bound<'py, PyTuple>, Vec<String>, bool, Vec<bool>);
 
 /// A compiled module tree (`Graph` in the core).
 #[pyclass(frozen, module = "siamese_rs._core", name = "Graph")]
@@ -131,13 +131,14 @@ struct PyGraph(Graph);
 
 #[pymethods]
 impl PyGraph {
-    /// Compiles `[(kind, settings, n_children, training, present), ...]` in pre-order, where
-    /// `present` says which of the kind's tensors the module holds.
+    /// Compiles `[(kind, settings, child_names, training, present), ...]` in pre-order, where
+    /// each module's children follow it in the order of `child_names` and `present` says which
+    /// of the kind's tensors the module holds.
     #[new]
     fn new(modules: Vec<PyFlatModule<'_>>) -> PyResult<Self> {
         let flat = modules
             .into_iter()
-            .map(|(kind, settings, n_children, training, present)| {
+            .map(|(kind, settings, children, training, present)| {
                 let settings = settings
                     .iter()
                     .map(|v| value_from_py(&v))
@@ -145,7 +146,7 @@ impl PyGraph {
                 Ok(FlatModule {
                     kind: kind_from_name(&kind)?,
                     settings,
-                    n_children,
+                    children,
                     training,
                     present,
                 })

@@ -12,6 +12,8 @@ pub enum Value {
     Int(i64),
     Float(f64),
     Ints(Vec<i64>),
+    /// A tuple with `None` in it (an adaptive pool's `(None, 7)`).
+    Sizes(Vec<Option<i64>>),
 }
 
 macro_rules! kinds {
@@ -89,48 +91,14 @@ impl Kind {
         }
     }
 
-    /// The children the reference `forward` calls, by attribute name, in the order the executor
-    /// indexes them; a trailing `?` marks one that may be `None` (it then acts as the identity).
-    /// `None` means every child, in registration order (`nn.Sequential`, `nn.ModuleDict`).
-    /// Children not listed are not part of the forward (a layer's parametrizations, say).
+    /// The children the reference `forward` calls, by attribute name, in call order (a trailing
+    /// `?` marks one that may be absent); `None`: every child, in registration order. Layers have
+    /// none. Each container declares them with its family (`nn::container`).
     pub fn children(self) -> Option<&'static [&'static str]> {
-        Some(match self {
-            Kind::Sequential
-            | Kind::ConvLayer
-            | Kind::XResNet
-            | Kind::_Transition
-            | Kind::_DenseBlock => return None,
-            Kind::BasicBlock => &["conv1", "bn1", "relu", "conv2", "bn2", "downsample?"],
-            Kind::Bottleneck => &[
-                "conv1",
-                "bn1",
-                "conv2",
-                "bn2",
-                "conv3",
-                "bn3",
-                "relu",
-                "downsample?",
-            ],
-            Kind::ResNet => &[
-                "conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4",
-                "avgpool", "fc",
-            ],
-            Kind::ResBlock => &["convpath", "idpath", "act"],
-            Kind::VGG | Kind::AlexNet => &["features", "avgpool", "classifier"],
-            Kind::DenseNet | Kind::SqueezeNet => &["features", "classifier"],
-            Kind::_DenseLayer => &["norm1", "relu1", "conv1", "norm2", "relu2", "conv2"],
-            Kind::Fire => &[
-                "squeeze",
-                "squeeze_activation",
-                "expand1x1",
-                "expand1x1_activation",
-                "expand3x3",
-                "expand3x3_activation",
-            ],
-            Kind::AdaptiveConcatPool2d => &["ap", "mp"],
-            Kind::SiameseModel => &["encoder", "head"],
-            _ => &[],
-        })
+        match super::container::find(self) {
+            Some(row) => row.children,
+            None => Some(&[]),
+        }
     }
 
     /// The kind called `name`, if the core knows it.

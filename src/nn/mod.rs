@@ -1,10 +1,11 @@
 //! The module tree: kinds and their settings (`kind`), trees built by the architectures
 //! (`node`), parameter initialisers (`init`) and the stateless executor (`exec`, `ops`).
+pub mod container;
 pub mod exec;
 pub mod init;
 pub mod kind;
 pub mod node;
-mod ops;
+pub(crate) mod ops;
 mod settings;
 
 pub use exec::Graph;

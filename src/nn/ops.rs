@@ -6,7 +6,7 @@ use crate::bail;
 use crate::error::Result;
 use tch::Tensor;
 
-/// A module compiled for execution: leaf settings are concrete, containers keep their kind.
+/// A layer compiled for execution, its settings typed (containers are `nn::container`'s).
 /// Tensors are not part of it: the executor hands each leaf the tensors of `Kind::tensors`,
 /// each `None` when the module holds none under that name (as PyTorch's `forward` sees it).
 #[derive(Clone, Debug)]
@@ -45,8 +45,9 @@ pub enum Op {
         ceil: bool,
         count_pad: bool,
     },
-    AdaptiveAvg(Vec<i64>),
-    AdaptiveMax(Vec<i64>),
+    /// Output sizes; `None` keeps the input's size (PyTorch's `(None, 7)`).
+    AdaptiveAvg(Vec<Option<i64>>),
+    AdaptiveMax(Vec<Option<i64>>),
     Flatten {
         full: bool,
     },
@@ -58,10 +59,8 @@ pub enum Op {
         low: f64,
         high: f64,
     },
-    /// An absent optional child (a residual block's `downsample = None`).
+    /// `nn.Identity` (what a folded BatchNorm becomes in a frozen model).
     Identity,
-    /// A container: its children and its kind decide what it computes (see `exec`).
-    Container(Kind),
 }
 
 impl Op {
@@ -136,7 +135,7 @@ impl Op {
                 high: s.float("high")?,
             },
             Kind::Identity => Op::Identity,
-            k => Op::Container(k),
+            k => bail!(Value, "{} is a container, not a layer", k.name()),
         })
     }
 
@@ -211,7 +210,6 @@ impl Op {
                 .f_mul_scalar(high - low)?
                 .f_add_scalar(*low)?,
             Op::Identity => x,
-            Op::Container(k) => bail!(Value, "{} is a container, not a layer", k.name()),
         })
     }
 
@@ -259,12 +257,16 @@ fn weight(w: Option<&Tensor>) -> Result<&Tensor> {
 }
 
 /// `None` entries of an adaptive output size keep the input's size (PyTorch's rule).
-fn resolve(size: &[i64], x: &Tensor) -> Vec<i64> {
+fn resolve(size: &[Option<i64>], x: &Tensor) -> Vec<i64> {
     let dims = x.size();
     let n = dims.len();
     size.iter()
         .enumerate()
-        .map(|(i, &s)| if s < 0 && n >= 2 { dims[n - 2 + i] } else { s })
+        .map(|(i, s)| match s {
+            Some(s) => *s,
+            None if n >= 2 => dims[n - 2 + i],
+            None => -1,
+        })
         .collect()
 }
 

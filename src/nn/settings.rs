@@ -46,11 +46,15 @@ impl Settings<'_> {
         v.bool().ok_or_else(|| bad(self.0, f, v))
     }
     /// An adaptive pool's output size: an int, a pair, or a pair with `None` (keep that size).
-    pub fn out_size(&self, f: &str) -> Result<Vec<i64>> {
+    pub fn out_size(&self, f: &str) -> Result<Vec<Option<i64>>> {
         let v = get(self.0, self.1, f)?;
         match v {
-            Value::None => Ok(vec![1, 1]),
-            _ => v.ints(2, &[1, 1]).ok_or_else(|| bad(self.0, f, v)),
+            Value::None => Ok(vec![Some(1), Some(1)]),
+            Value::Sizes(s) if s.len() == 2 => Ok(s.clone()),
+            _ => v
+                .ints(2, &[1, 1])
+                .map(|s| s.into_iter().map(Some).collect())
+                .ok_or_else(|| bad(self.0, f, v)),
         }
     }
 }
