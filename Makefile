@@ -46,8 +46,9 @@ demo: setup  ## the main job: train a Siamese model on the bundled digits
 
 test: setup test-rust test-python  ## every test: cargo test + pytest
 
-test-rust: $(STAMP)
+test-rust: $(STAMP)  ## the Rust library (no Python linked), then the bindings' own tests
 	cargo test --release -q
+	cargo test --release -q --features python --lib
 
 test-python: build
 	python -m pytest -q
@@ -57,7 +58,8 @@ soak: setup  ## the long soak test (2,000 training steps)
 
 lint: $(STAMP)  ## cargo fmt/clippy and ruff
 	cargo fmt --check
-	cargo clippy --release -q -- -D warnings
+	cargo clippy --release -q --all-targets -- -D warnings
+	cargo clippy --release -q --all-targets --features python -- -D warnings
 	ruff check python tests bench packaging
 	python -m mypy.stubtest siamese_rs._core
 

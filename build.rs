@@ -9,8 +9,21 @@ use std::process::Command;
 fn main() {
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-env-changed=SIAMESE_RS_PORTABLE");
-    // libpython only for the `python` feature's test binaries; the library and the CLI link libtorch alone.
-    let python_lib = std::env::var_os("CARGO_FEATURE_PYTHON").and_then(|_| python_libdir());
+    // libpython only for the `python` feature's test binaries (pyo3-tch turns on pyo3's
+    // `extension-module`, which links none); the library and the CLI link libtorch alone, the
+    // extension module (`extension-module`) none, as Python provides it.
+    let feature = |f: &str| std::env::var_os(format!("CARGO_FEATURE_{f}")).is_some();
+    let test_python = feature("PYTHON") && !feature("EXTENSION_MODULE");
+    let python_lib = test_python.then(python_libdir).flatten();
+    if test_python {
+        if let Some(version) = python(&[
+            "-c",
+            "import sysconfig; print(sysconfig.get_config_var('LDVERSION'))",
+        ]) {
+            println!("cargo:rustc-link-arg=-Wl,--as-needed");
+            println!("cargo:rustc-link-lib=python{version}");
+        }
+    }
     if std::env::var_os("SIAMESE_RS_PORTABLE").is_none() {
         let libtorch = std::env::var("DEP_TCH_LIBTORCH_LIB").ok();
         for lib in libtorch.into_iter().chain(python_lib) {

@@ -2,7 +2,7 @@
 use crate::bail;
 use crate::error::Result;
 use crate::nn::init::{conv2d, ConvCfg, Init};
-use crate::nn::Node;
+use crate::nn::{Kind, Node, Value};
 use tch::Tensor;
 
 /// fastai's rule for a pretrained first conv's weight with `n_in` input channels:
@@ -41,4 +41,83 @@ pub fn first_conv(c: ConvCfg, n_in: i64, pretrained: Option<&Tensor>) -> Result<
         node.tensors[0].1 = adapt_weight(w, n_in)?.f_detach()?;
     }
     Ok(node)
+}
+
+/// fastai's `create_body(arch, n_in, pretrained=False, cut)`: the arch-table model `arch` with
+/// fresh weights, its first conv rebuilt for `n_in` channels (`_update_first_layer`), cut to
+/// `nn.Sequential(*list(model.children())[:cut])`; `cut` `None` is the arch's own (its model_meta).
+///
+/// ```
+/// let body = siamese_rs::create_body("resnet34", 1, None)?;
+/// assert_eq!(body.children.len(), 8); // torchvision's ResNet up to `layer4`
+/// assert_eq!(body.state_keys()[0], "0.weight");
+/// # Ok::<(), siamese_rs::Error>(())
+/// ```
+pub fn create_body(arch: &str, n_in: i64, cut: Option<i64>) -> Result<Node> {
+    let row = crate::arch::find(arch)?;
+    let mut model = row.build()?;
+    if n_in != 3 {
+        replace_first_conv(&mut model, n_in)?;
+    }
+    let n = model.children.len() as i64;
+    let cut = cut.unwrap_or(row.cut);
+    // Python's `[:cut]`.
+    let end = if cut < 0 {
+        (n + cut).max(0)
+    } else {
+        cut.min(n)
+    };
+    let children = model.children.into_iter().take(end as usize);
+    Ok(Node::seq(children.map(|(_, c)| c).collect()))
+}
+
+/// fastai's `_update_first_layer`: the module holding the first parameter must be a 3-channel
+/// Conv2d; it becomes a fresh one for `n_in` channels with the same settings.
+fn replace_first_conv(model: &mut Node, n_in: i64) -> Result<()> {
+    let mut m = model;
+    while m.tensors.is_empty() {
+        let Some(i) = m.children.iter().position(|(_, c)| has_tensors(c)) else {
+            bail!(Value, "n_in: the model has no parameters to adapt");
+        };
+        m = &mut m.children[i].1;
+    }
+    if m.kind != Kind::Conv2d {
+        bail!(
+            Value,
+            "n_in: changing the input channels is only supported with a first Conv2d, found {}",
+            m.kind.name()
+        );
+    }
+    let int = |f: &str| match m.setting(f) {
+        Some(Value::Int(v)) => Some(*v),
+        Some(Value::Ints(v)) if v.iter().all(|x| *x == v[0]) => v.first().copied(),
+        _ => None,
+    };
+    let (cin, cout, k) = (int("in_channels"), int("out_channels"), int("kernel_size"));
+    let (stride, padding, groups) = (int("stride"), int("padding"), int("groups"));
+    let bias = matches!(m.setting("bias"), Some(Value::Bool(true)));
+    let (Some(3), Some(cout), Some(k), Some(stride), Some(padding), Some(1)) =
+        (cin, cout, k, stride, padding, groups)
+    else {
+        bail!(
+            Value,
+            "n_in: changing the input channels needs a first Conv2d with 3 input channels, square settings and groups=1; found {}",
+            m.kind.name()
+        );
+    };
+    let cfg = ConvCfg {
+        cin: n_in,
+        cout,
+        k,
+        stride,
+        padding,
+        groups: 1,
+        bias,
+    };
+    *m = first_conv(cfg, n_in, None)?;
+    Ok(())
+}
+
+fn has_tensors(n: &Node) -> bool {
+    !n.tensors.is_empty() || n.children.iter().any(|(_, c)| has_tensors(c))
 }

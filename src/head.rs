@@ -284,4 +284,28 @@ mod tests {
         })
         .is_err());
     }
+
+    #[test]
+    fn forward_matches_the_reference() {
+        use crate::nn::testing::check;
+        check(
+            create_head(&HeadConfig::new(16, 2)).unwrap(),
+            &[4, 16, 3, 3],
+            1e-5,
+        );
+        let cfg = HeadConfig {
+            lin_ftrs: Some(vec![12, 6]),
+            ps: vec![0.3, 0.2, 0.1], // lin_first takes the first for its leading dropout
+            bn_final: true,
+            lin_first: true,
+            y_range: Some((-1.0, 2.0)),
+            ..HeadConfig::new(8, 3)
+        };
+        check(create_head(&cfg).unwrap(), &[4, 8, 3, 3], 1e-5);
+        let cfg = HeadConfig {
+            concat_pool: false,
+            ..HeadConfig::new(8, 2)
+        };
+        check(create_head(&cfg).unwrap(), &[4, 8, 3, 3], 1e-5);
+    }
 }

@@ -100,3 +100,35 @@ fn input_channels(head: &Exec, t: &Run) -> Option<i64> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::nn::testing;
+    use crate::{create_body, create_head, HeadConfig, SiameseModel};
+    use tch::{Device, Kind as DType};
+
+    /// `SiameseModel` against `head(cat([encoder(x1), encoder(x2)], 1))`, in train and eval, for
+    /// batches that take the one-call and the side-by-side path.
+    #[test]
+    fn forward_matches_the_reference() {
+        for (arch, nf, batch) in [("resnet18", 1024, 3), ("squeezenet1_1", 1024, 20)] {
+            let body = create_body(arch, 3, None).unwrap();
+            let model = SiameseModel::new(body, create_head(&HeadConfig::new(nf, 2)).unwrap());
+            let x1 = Tensor::randn([batch, 3, 64, 64], (DType::Float, Device::Cpu));
+            let x2 = Tensor::randn([batch, 3, 64, 64], (DType::Float, Device::Cpu));
+            for train in [false, true] {
+                tch::manual_seed(3);
+                let ours = model.forward_t(&x1, &x2, train).unwrap();
+                tch::manual_seed(3);
+                let want = testing::siamese(model.node(), &x1, &x2, train);
+                let diff = (&ours - &want).abs().max().double_value(&[]);
+                assert!(diff < 1e-4, "{arch} train={train}: {diff}");
+            }
+            let enc = model.encode(&x1).unwrap();
+            let want = testing::reference(&model.node().children[0].1, &x1, false);
+            assert!((&enc - &want).abs().max().double_value(&[]) < 1e-5);
+        }
+    }
+}

@@ -1,10 +1,11 @@
 """Type stubs of the native module built from src/bindings/ (checked by `make lint` with mypy's stubtest)."""
+import os
 from typing import Any, TypeAlias, final
 
 import torch
 
 __all__ = ['kinds', 'archs', 'build_arch', 'create_head', 'first_conv', 'Graph', 'PairHead', 'pair_isa', 'checksums',
-           'sample_digest', 'TORCH_VERSION']
+           'sample_digest', 'NativeSiameseModel', 'TORCH_VERSION']
 
 TORCH_VERSION: str
 
@@ -22,9 +23,20 @@ def sample_digest(tensors: list[torch.Tensor], per_tensor: int) -> int: ...
 
 @final
 class Graph:
-    def __new__(cls, modules: list[tuple[str, tuple[Any, ...], int, bool, list[bool]]]) -> Graph: ...
+    def __new__(cls, modules: list[tuple[str, tuple[Any, ...], list[str], bool, list[bool]]]) -> Graph: ...
     def forward(self, tensors: list[torch.Tensor | None], inputs: list[torch.Tensor],
                 fast: bool = False) -> torch.Tensor: ...
+
+@final
+class NativeSiameseModel:
+    def __new__(cls, arch: str, n_in: int, cut: int | None, nf: int, n_out: int, lin_ftrs: list[int] | None = None,
+                ps: list[float] = ..., pool: bool = True, concat_pool: bool = True, first_bn: bool = True,
+                bn_final: bool = False, lin_first: bool = False,
+                y_range: tuple[float, float] | None = None) -> NativeSiameseModel: ...
+    def state_keys(self) -> list[str]: ...
+    def load_safetensors(self, path: str | os.PathLike[str]) -> None: ...
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, train: bool = False) -> torch.Tensor: ...
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
 
 def pair_isa() -> str: ...
 

@@ -25,7 +25,7 @@ fn lin(cin: i64, cout: i64) -> Result<Node> {
 }
 
 /// The builder (AlexNet has one variant).
-pub fn alexnet() -> Result<Node> {
+pub fn alexnet(num_classes: i64) -> Result<Node> {
     let features = Node::seq(vec![
         conv(3, 64, 11, 4, 2)?,
         relu(true),
@@ -48,7 +48,7 @@ pub fn alexnet() -> Result<Node> {
         dropout(0.5),
         lin(4096, 4096)?,
         relu(true),
-        lin(4096, 1000)?,
+        lin(4096, num_classes)?,
     ]);
     let children = super::named(vec![
         ("features", features),
@@ -64,9 +64,14 @@ mod tests {
 
     #[test]
     fn alexnet_keys_follow_torchvision() {
-        let keys = alexnet().unwrap().state_keys();
+        let keys = alexnet(1000).unwrap().state_keys();
         assert_eq!(keys.len(), 16);
         assert_eq!(keys[0], "features.0.weight");
         assert_eq!(keys[15], "classifier.6.bias");
+    }
+
+    #[test]
+    fn forward_matches_the_reference() {
+        crate::nn::testing::check(alexnet(10).unwrap(), &[2, 3, 64, 64], 1e-5);
     }
 }

@@ -144,7 +144,7 @@ fn transition(cin: i64, cout: i64) -> Result<Node> {
 
 /// The generic builder: `growth` filters per layer, `blocks` layers per dense block, `init`
 /// filters out of the stem.
-fn densenet(growth: i64, blocks: [i64; 4], init: i64) -> Result<Node> {
+fn densenet(growth: i64, blocks: [i64; 4], init: i64, num_classes: i64) -> Result<Node> {
     let mut features = super::named(vec![
         (
             "conv0",
@@ -165,7 +165,7 @@ fn densenet(growth: i64, blocks: [i64; 4], init: i64) -> Result<Node> {
     }
     features.push(("norm5".to_string(), bn(nf)?));
     // torchvision leaves the classifier's weight at PyTorch's default and zeroes its bias.
-    let mut classifier = linear(nf, 1000, true, Init::Default)?;
+    let mut classifier = linear(nf, num_classes, true, Init::Default)?;
     for (_, t) in classifier.tensors.iter_mut().filter(|(n, _)| n == "bias") {
         let _ = t.f_zero_()?;
     }
@@ -179,17 +179,17 @@ fn densenet(growth: i64, blocks: [i64; 4], init: i64) -> Result<Node> {
     Ok(Node::with_children(Kind::DenseNet, vec![], children))
 }
 
-pub fn densenet121() -> Result<Node> {
-    densenet(32, [6, 12, 24, 16], 64)
+pub fn densenet121(num_classes: i64) -> Result<Node> {
+    densenet(32, [6, 12, 24, 16], 64, num_classes)
 }
-pub fn densenet161() -> Result<Node> {
-    densenet(48, [6, 12, 36, 24], 96)
+pub fn densenet161(num_classes: i64) -> Result<Node> {
+    densenet(48, [6, 12, 36, 24], 96, num_classes)
 }
-pub fn densenet169() -> Result<Node> {
-    densenet(32, [6, 12, 32, 32], 64)
+pub fn densenet169(num_classes: i64) -> Result<Node> {
+    densenet(32, [6, 12, 32, 32], 64, num_classes)
 }
-pub fn densenet201() -> Result<Node> {
-    densenet(32, [6, 12, 48, 32], 64)
+pub fn densenet201(num_classes: i64) -> Result<Node> {
+    densenet(32, [6, 12, 48, 32], 64, num_classes)
 }
 
 #[cfg(test)]
@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn densenet121_keys_follow_torchvision() {
-        let m = densenet121().unwrap();
+        let m = densenet121(1000).unwrap();
         let keys = m.state_keys();
         assert_eq!(keys[0], "features.conv0.weight");
         assert!(keys.contains(&"features.denseblock4.denselayer16.conv2.weight".to_string()));
@@ -206,5 +206,39 @@ mod tests {
         assert_eq!(keys[keys.len() - 2], "classifier.weight");
         let norm5 = &m.children[0].1.children.last().unwrap().1;
         assert_eq!(norm5.tensors[0].1.size(), [1024]);
+    }
+
+    #[test]
+    fn forward_matches_the_reference() {
+        use crate::nn::testing::check;
+        let mut layer = dense_layer(8, 4).unwrap();
+        layer.settings[0] = Value::Float(0.2); // torchvision's drop_rate, applied in the forward
+        check(layer, &[2, 8, 8, 8], 1e-5);
+        check(dense_block(3, 8, 4).unwrap(), &[2, 8, 8, 8], 1e-5);
+        check(transition(8, 4).unwrap(), &[2, 8, 8, 8], 1e-5);
+        check(densenet121(10).unwrap(), &[2, 3, 32, 32], 1e-5);
+    }
+
+    /// torchvision's `_DenseLayer` applies `F.dropout(drop_rate)` to its output in training:
+    /// about half the values are zeroed, the others are the dropout-free output times 2.
+    #[test]
+    fn dense_layer_drops_in_training() {
+        let mut layer = dense_layer(8, 64).unwrap();
+        layer.settings[0] = Value::Float(0.5);
+        let x = Tensor::randn([4, 8, 16, 16], (tch::Kind::Float, tch::Device::Cpu));
+        let model = crate::Model::new(layer);
+        let dropped = model.forward_t(&x, true).unwrap();
+        let mut node = model.into_node();
+        node.settings[0] = Value::Float(0.0);
+        let plain = crate::Model::new(node).forward_t(&x, true).unwrap();
+        let kept = dropped.ne(0.0);
+        let share = 1.0
+            - kept
+                .to_kind(tch::Kind::Float)
+                .mean(tch::Kind::Float)
+                .double_value(&[]);
+        let diff = (dropped - plain * 2.0) * kept.to_kind(tch::Kind::Float);
+        assert!(diff.abs().max().double_value(&[]) < 1e-5);
+        assert!((0.45..0.55).contains(&share), "zeroed share {share}");
     }
 }

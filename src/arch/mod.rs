@@ -8,6 +8,13 @@ mod squeezenet;
 mod vgg;
 mod xresnet;
 
+pub use alexnet::alexnet;
+pub use densenet::{densenet121, densenet161, densenet169, densenet201};
+pub use resnet::{resnet101, resnet152, resnet18, resnet34, resnet50};
+pub use squeezenet::{squeezenet1_0, squeezenet1_1};
+pub use vgg::{vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn};
+pub use xresnet::{xresnet101, xresnet152, xresnet18, xresnet34, xresnet50};
+
 use crate::error::{Error, Result};
 use crate::nn::container::Container;
 use crate::nn::Node;
@@ -37,13 +44,24 @@ pub struct Arch {
     pub tv_weights: bool,
     /// The containers its family's forward computes (`nn::container`).
     pub containers: &'static [Container],
-    build: fn() -> Result<Node>,
+    build: fn(i64) -> Result<Node>,
 }
 
 impl Arch {
-    /// The full (uncut) model with fresh random weights.
+    /// The full (uncut) model with fresh random weights and torchvision's 1,000 classes.
     pub fn build(&self) -> Result<Node> {
-        (self.build)()
+        self.build_with(1000)
+    }
+
+    /// The full model with `num_classes` outputs, as torchvision's `num_classes` argument.
+    pub fn build_with(&self, num_classes: i64) -> Result<Node> {
+        if num_classes <= 0 {
+            crate::bail!(
+                Value,
+                "num_classes must be a positive number of classes, got {num_classes}"
+            );
+        }
+        (self.build)(num_classes)
     }
 }
 

@@ -127,7 +127,7 @@ fn bottleneck(cin: i64, planes: i64, stride: i64) -> Result<Node> {
 }
 
 /// The generic builder: `bottleneck` picks the block, `layers` the blocks per stage.
-fn resnet(bottleneck_blocks: bool, layers: [usize; 4]) -> Result<Node> {
+fn resnet(bottleneck_blocks: bool, layers: [usize; 4], num_classes: i64) -> Result<Node> {
     let expansion = if bottleneck_blocks { 4 } else { 1 };
     let mut children = named(vec![
         (
@@ -161,23 +161,40 @@ fn resnet(bottleneck_blocks: bool, layers: [usize; 4]) -> Result<Node> {
     ));
     children.push((
         "fc".to_string(),
-        linear(512 * expansion, 1000, true, Init::Default)?,
+        linear(512 * expansion, num_classes, true, Init::Default)?,
     ));
     Ok(Node::with_children(Kind::ResNet, vec![], children))
 }
 
-pub fn resnet18() -> Result<Node> {
-    resnet(false, [2, 2, 2, 2])
+pub fn resnet18(num_classes: i64) -> Result<Node> {
+    resnet(false, [2, 2, 2, 2], num_classes)
 }
-pub fn resnet34() -> Result<Node> {
-    resnet(false, [3, 4, 6, 3])
+pub fn resnet34(num_classes: i64) -> Result<Node> {
+    resnet(false, [3, 4, 6, 3], num_classes)
 }
-pub fn resnet50() -> Result<Node> {
-    resnet(true, [3, 4, 6, 3])
+pub fn resnet50(num_classes: i64) -> Result<Node> {
+    resnet(true, [3, 4, 6, 3], num_classes)
 }
-pub fn resnet101() -> Result<Node> {
-    resnet(true, [3, 4, 23, 3])
+pub fn resnet101(num_classes: i64) -> Result<Node> {
+    resnet(true, [3, 4, 23, 3], num_classes)
 }
-pub fn resnet152() -> Result<Node> {
-    resnet(true, [3, 8, 36, 3])
+pub fn resnet152(num_classes: i64) -> Result<Node> {
+    resnet(true, [3, 8, 36, 3], num_classes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The executor against `nn::testing::reference`, in train and eval.
+    #[test]
+    fn forward_matches_the_reference() {
+        use crate::nn::testing::check;
+        check(basic_block(8, 8, 1).unwrap(), &[2, 8, 8, 8], 1e-5);
+        check(basic_block(8, 16, 2).unwrap(), &[2, 8, 8, 8], 1e-5);
+        check(bottleneck(16, 8, 2).unwrap(), &[2, 16, 8, 8], 1e-5);
+        check(bottleneck(32, 8, 1).unwrap(), &[2, 32, 8, 8], 1e-5);
+        check(resnet18(10).unwrap(), &[2, 3, 32, 32], 1e-5);
+        check(resnet50(10).unwrap(), &[2, 3, 32, 32], 1e-5);
+    }
 }

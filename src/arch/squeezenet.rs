@@ -86,7 +86,7 @@ use Step::{Fire, Pool};
 
 /// The generic builder: a stem conv (`stem_out` channels, `k`×`k`, stride 2, no padding),
 /// ReLU, a pool, then `steps`; a dropout/conv/ReLU/avg-pool classifier.
-fn squeezenet(stem_out: i64, k: i64, steps: &[Step]) -> Result<Node> {
+fn squeezenet(stem_out: i64, k: i64, steps: &[Step], num_classes: i64) -> Result<Node> {
     let stem = conv2d(
         conv_cfg(3, stem_out, k).stride(2).bias(true),
         Init::KaimingUniform,
@@ -100,7 +100,7 @@ fn squeezenet(stem_out: i64, k: i64, steps: &[Step]) -> Result<Node> {
     }
     let classifier = Node::seq(vec![
         dropout(0.5),
-        conv(512, 1000, 1, 1, Init::Normal(0.01))?,
+        conv(512, num_classes, 1, 1, Init::Normal(0.01))?,
         relu(true),
         adaptive_avg_pool(Value::Ints(vec![1, 1])),
     ]);
@@ -110,13 +110,13 @@ fn squeezenet(stem_out: i64, k: i64, steps: &[Step]) -> Result<Node> {
     ]);
     Ok(Node::with_children(
         Kind::SqueezeNet,
-        vec![Value::Int(1000)],
+        vec![Value::Int(num_classes)],
         children,
     ))
 }
 
 /// 1.0: a 7×7 stem of 96 channels.
-pub fn squeezenet1_0() -> Result<Node> {
+pub fn squeezenet1_0(num_classes: i64) -> Result<Node> {
     squeezenet(
         96,
         7,
@@ -132,11 +132,12 @@ pub fn squeezenet1_0() -> Result<Node> {
             Pool,
             Fire(512, 64, 256),
         ],
+        num_classes,
     )
 }
 
 /// 1.1: a 3×3 stem of 64 channels and earlier pooling.
-pub fn squeezenet1_1() -> Result<Node> {
+pub fn squeezenet1_1(num_classes: i64) -> Result<Node> {
     squeezenet(
         64,
         3,
@@ -152,6 +153,7 @@ pub fn squeezenet1_1() -> Result<Node> {
             Fire(384, 64, 256),
             Fire(512, 64, 256),
         ],
+        num_classes,
     )
 }
 
@@ -161,11 +163,19 @@ mod tests {
 
     #[test]
     fn squeezenet_keys_follow_torchvision() {
-        for m in [squeezenet1_0().unwrap(), squeezenet1_1().unwrap()] {
+        for m in [squeezenet1_0(1000).unwrap(), squeezenet1_1(1000).unwrap()] {
             let keys = m.state_keys();
             assert_eq!(keys.len(), 52);
             assert_eq!(keys[2], "features.3.squeeze.weight");
             assert_eq!(keys[51], "classifier.1.bias");
         }
+    }
+
+    #[test]
+    fn forward_matches_the_reference() {
+        use crate::nn::testing::check;
+        check(fire(8, 4, 8).unwrap(), &[2, 8, 8, 8], 1e-5);
+        check(squeezenet1_0(10).unwrap(), &[2, 3, 64, 64], 1e-5);
+        check(squeezenet1_1(10).unwrap(), &[2, 3, 64, 64], 1e-5);
     }
 }

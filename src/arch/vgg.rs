@@ -64,7 +64,7 @@ fn features(cfg: &[L]) -> Result<Node> {
 }
 
 /// The generic builder; linear layers are normal_(0, 0.01) as torchvision's VGG draws them.
-fn vgg(cfg: &[L]) -> Result<Node> {
+fn vgg(cfg: &[L], num_classes: i64) -> Result<Node> {
     let lin = |cin, cout| linear(cin, cout, true, Init::Normal(0.01));
     let classifier = Node::seq(vec![
         lin(512 * 7 * 7, 4096)?,
@@ -73,7 +73,7 @@ fn vgg(cfg: &[L]) -> Result<Node> {
         lin(4096, 4096)?,
         relu(true),
         dropout(0.5),
-        lin(4096, 1000)?,
+        lin(4096, num_classes)?,
     ]);
     let children = super::named(vec![
         ("features", features(cfg)?),
@@ -83,17 +83,17 @@ fn vgg(cfg: &[L]) -> Result<Node> {
     Ok(Node::with_children(Kind::VGG, vec![], children))
 }
 
-pub fn vgg11_bn() -> Result<Node> {
-    vgg(A)
+pub fn vgg11_bn(num_classes: i64) -> Result<Node> {
+    vgg(A, num_classes)
 }
-pub fn vgg13_bn() -> Result<Node> {
-    vgg(B)
+pub fn vgg13_bn(num_classes: i64) -> Result<Node> {
+    vgg(B, num_classes)
 }
-pub fn vgg16_bn() -> Result<Node> {
-    vgg(D)
+pub fn vgg16_bn(num_classes: i64) -> Result<Node> {
+    vgg(D, num_classes)
 }
-pub fn vgg19_bn() -> Result<Node> {
-    vgg(E)
+pub fn vgg19_bn(num_classes: i64) -> Result<Node> {
+    vgg(E, num_classes)
 }
 
 #[cfg(test)]
@@ -107,5 +107,10 @@ mod tests {
         assert_eq!(f.children.len(), 44);
         assert_eq!(f.children[22].1.kind, Kind::ReLU);
         assert_eq!(f.state_keys()[0], "0.weight");
+    }
+
+    #[test]
+    fn forward_matches_the_reference() {
+        crate::nn::testing::check(vgg11_bn(10).unwrap(), &[2, 3, 32, 32], 1e-5);
     }
 }

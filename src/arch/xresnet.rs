@@ -87,7 +87,7 @@ fn res_block(expansion: i64, ni: i64, nf: i64, stride: i64) -> Result<Node> {
 }
 
 /// The generic builder: `expansion` 1 or 4, `layers` the blocks per stage.
-fn xresnet(expansion: i64, layers: [i64; 4]) -> Result<Node> {
+fn xresnet(expansion: i64, layers: [i64; 4], num_classes: i64) -> Result<Node> {
     let mut children = vec![
         conv_layer(3, 32, 3, 2, true, false)?,
         conv_layer(32, 32, 3, 1, true, false)?,
@@ -109,25 +109,25 @@ fn xresnet(expansion: i64, layers: [i64; 4]) -> Result<Node> {
         crate::nn::init::adaptive_avg_pool(Value::Int(1)),
         Node::leaf(Kind::Flatten, vec![Value::Bool(false)]),
         crate::nn::init::dropout(0.0),
-        linear(512 * expansion, 1000, true, INIT)?,
+        linear(512 * expansion, num_classes, true, INIT)?,
     ]);
     Ok(Node::numbered(Kind::XResNet, children))
 }
 
-pub fn xresnet18() -> Result<Node> {
-    xresnet(1, [2, 2, 2, 2])
+pub fn xresnet18(num_classes: i64) -> Result<Node> {
+    xresnet(1, [2, 2, 2, 2], num_classes)
 }
-pub fn xresnet34() -> Result<Node> {
-    xresnet(1, [3, 4, 6, 3])
+pub fn xresnet34(num_classes: i64) -> Result<Node> {
+    xresnet(1, [3, 4, 6, 3], num_classes)
 }
-pub fn xresnet50() -> Result<Node> {
-    xresnet(4, [3, 4, 6, 3])
+pub fn xresnet50(num_classes: i64) -> Result<Node> {
+    xresnet(4, [3, 4, 6, 3], num_classes)
 }
-pub fn xresnet101() -> Result<Node> {
-    xresnet(4, [3, 4, 23, 3])
+pub fn xresnet101(num_classes: i64) -> Result<Node> {
+    xresnet(4, [3, 4, 23, 3], num_classes)
 }
-pub fn xresnet152() -> Result<Node> {
-    xresnet(4, [3, 8, 36, 3])
+pub fn xresnet152(num_classes: i64) -> Result<Node> {
+    xresnet(4, [3, 8, 36, 3], num_classes)
 }
 
 #[cfg(test)]
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn xresnet18_keys_follow_fastai() {
-        let m = xresnet18().unwrap();
+        let m = xresnet18(1000).unwrap();
         assert_eq!(m.children.len(), 12);
         let keys = m.state_keys();
         assert_eq!(keys[0], "0.0.weight");
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn xresnet50_first_block_widens_its_shortcut() {
-        let m = xresnet50().unwrap();
+        let m = xresnet50(1000).unwrap();
         let block = &m.children[4].1.children[0].1;
         assert_eq!(block.kind, Kind::ResBlock);
         // stride 1: no pool, only the 1×1 ConvLayer from 64 to 256 channels.
@@ -156,5 +156,13 @@ mod tests {
             idpath.children[0].1.children[0].1.tensors[0].1.size(),
             [256, 64, 1, 1]
         );
+    }
+
+    #[test]
+    fn forward_matches_the_reference() {
+        use crate::nn::testing::check;
+        check(res_block(1, 8, 16, 2).unwrap(), &[2, 8, 8, 8], 1e-5);
+        check(res_block(4, 16, 16, 1).unwrap(), &[2, 64, 8, 8], 1e-5);
+        check(xresnet18(10).unwrap(), &[2, 3, 32, 32], 1e-5);
     }
 }

@@ -1,6 +1,7 @@
 //! The Python module `siamese_rs._core`: thin wrappers over the core, nothing more.
 mod convert;
 mod errors;
+mod model;
 mod pairs;
 
 use crate::arch::{self, ARCHS};
@@ -191,6 +192,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(first_conv, m)?)?;
     m.add_function(wrap_pyfunction!(sample_digest, m)?)?;
     m.add_class::<PyGraph>()?;
+    m.add_class::<model::PyNativeSiamese>()?;
     m.add_class::<pairs::PyPairHead>()?;
     m.add_function(wrap_pyfunction!(pairs::pair_isa, m)?)?;
     m.add_function(wrap_pyfunction!(pairs::checksums, m)?)?;

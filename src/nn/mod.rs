@@ -7,6 +7,8 @@ pub mod kind;
 pub mod node;
 pub(crate) mod ops;
 mod settings;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use exec::Graph;
 pub use kind::{Kind, Value};
