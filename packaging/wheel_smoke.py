@@ -73,6 +73,10 @@ def usage_snippet_trains_and_predicts():
     assert moved > 0, 'one training step changed no head parameter'
     p = sr.score_pairs(learn, files[:2], files[2:4])
     assert p.shape == (2,) and bool(((p >= 0) & (p <= 1)).all()), p
+    label, prob = sr.predict_pair(learn, files[0], files[2])  # the Usage loss has no activation or decodes
+    assert label in ('same', 'different') and 0.5 <= prob <= 1, (label, prob)
+    same = prob if label == 'same' else 1 - prob
+    assert abs(same - p[0].item()) < 1e-4, (label, prob, p)
 
 
 @check

@@ -5,11 +5,13 @@ import re
 import pytest
 import torch
 from fastai.data.transforms import get_image_files
-from fastai.learner import load_learner
+from fastai.learner import Learner, load_learner
+from fastai.losses import CrossEntropyLossFlat
 from fastai.vision.core import PILImage
 from PIL import Image
 
 import siamese_rs as sr
+from siamese_rs.data import _as_batch
 from siamese_rs.demo import siamese_learner, train
 
 
@@ -109,6 +111,33 @@ def test_predict_pair(learn, files):
     assert torch.isclose(probs.sum(), torch.tensor(1.))
     lbl, p = sr.predict_pair(learn, files[0], files[1])
     assert lbl == label and p == pytest.approx(probs[idx].item(), abs=1e-5) and p >= 0.5
+
+
+def _usage_loss(out, targ): return CrossEntropyLossFlat()(out, targ.long())  # the README's Usage loss
+
+
+@pytest.mark.parametrize('loss_func', [_usage_loss, CrossEntropyLossFlat(), torch.nn.CrossEntropyLoss()],
+                         ids=['usage-function', 'CrossEntropyLossFlat', 'nn.CrossEntropyLoss'])
+def test_predict_pair_with_a_plain_loss(learn, files, loss_func):
+    "A learner built as in the README's Usage (no `SiameseLoss`) predicts what the `SiameseLoss` one does"
+    plain = Learner(learn.dls, learn.model, loss_func=loss_func, splitter=sr.siamese_splitter)
+    model = learn.model.eval()
+    for f1, f2 in [(files[0], files[1]), (files[0], files[0]), (files[5], files[900])]:
+        expected = sr.predict_pair(learn, f1, f2)
+        lbl, p = sr.predict_pair(plain, f1, f2)
+        assert isinstance(lbl, str) and isinstance(p, float)
+        assert lbl == expected[0] and p == pytest.approx(expected[1], abs=1e-6)
+        x1, x2 = (_as_batch([f], learn.dls, 'images') for f in (f1, f2))  # the validation set's transforms
+        with torch.no_grad(): probs = model(x1, x2).softmax(-1)[0]
+        assert lbl == ('same' if probs[1] > probs[0] else 'different')
+        assert p == pytest.approx(probs.max().item(), abs=1e-5)
+
+
+def test_predict_pair_bad_input(learn, files):
+    with pytest.raises(sr.ArgumentTypeError, match='learn'): sr.predict_pair(learn.model, files[0], files[1])
+    head = torch.nn.Sequential(learn.model.head, torch.nn.Linear(2, 1))  # one logit: not a same/different pair
+    one = Learner(learn.dls, sr.SiameseModel(learn.model.encoder, head), loss_func=_usage_loss)
+    with pytest.raises(sr.ShapeError, match='two logits'): sr.predict_pair(one, files[0], files[1])
 
 
 def test_encode_and_score_pairs(learn, files):

@@ -62,3 +62,11 @@ def test_pyproject_builds_against_the_default_torch():
     default = next(line.split('?=')[1].strip() for line in (ROOT / 'Makefile').read_text().splitlines()
                    if line.startswith('TORCH ?='))
     assert f'"torch=={default}; python_version >= \'3.11\'"' in text.split('[project]')[0]
+
+
+def test_the_cp310_wheel_builds_against_the_torch_of_isolated_cp310_builds():
+    "torch 2.15 has no Python 3.10 release: `make wheels` and pyproject.toml fall back to the same torch"
+    make = (ROOT / 'Makefile').read_text().splitlines()
+    fallback = next(line.split(':=')[1].strip() for line in make if line.startswith('WHEEL_FALLBACK_TORCH_2.15.0 :='))
+    assert f'"torch=={fallback}; python_version < \'3.11\'"' in (ROOT / 'pyproject.toml').read_text().split('[project]')[0]
+    assert f'TORCHVISION_{fallback} :=' in '\n'.join(make)  # a torch the Makefile can make a venv for

@@ -22,7 +22,7 @@ from fastai.torch_core import TensorCategory, show_image
 from fastai.vision.augment import Resize
 from fastai.vision.core import PILImage
 from fastai.vision.data import get_grid
-from fastcore.basics import fastuple
+from fastcore.basics import fastuple, noop
 from fastcore.foundation import L
 from fasttransform import DisplayedTransform, Pipeline, Transform
 from PIL import Image
@@ -286,10 +286,22 @@ def _model_dls(learn_or_model, dls=None):
 
 
 def predict_pair(learn, img1, img2):
-    "`(label, probability)` of the pair: label 'same' or 'different', the probability of that label"
+    """`(label, probability)` of the pair: label 'same' or 'different', the probability of that label.
+
+    The probability is the softmax over the model's two logits (class 1 is "same"), whatever the learner's
+    loss: a plain function such as the README's `CrossEntropyLossFlat()(out, targ.long())` has no
+    `activation` or `decodes` for `learn.predict` to apply, `SiameseLoss` has the same softmax."""
     item = SiameseImage(_open(img1), _open(img2))
-    with learn.no_bar(): label, idx, probs = learn.predict(item)
-    return label, probs[idx].item()
+    if not all(hasattr(learn, a) for a in ('dls', 'get_preds', 'no_bar')):
+        raise ArgumentTypeError(f'learn: expected a fastai Learner, got {type(learn).__name__}')
+    dl = learn.dls.test_dl([item], num_workers=0)  # the validation set's item and batch transforms, as learn.predict
+    with learn.no_bar(): logits = learn.get_preds(dl=dl, act=noop)[0]  # the model's output, not the loss's activation
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, 2):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ShapeError(f'learn: expected the model to return two logits per pair (different, same), got {shape}')
+    probs = logits[0].float().softmax(-1)
+    idx = int(probs.argmax())
+    return (SAME if idx == 1 else DIFFERENT), probs[idx].item()
 
 
 def _as_batch(images, dls, name):
