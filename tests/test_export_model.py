@@ -4,6 +4,7 @@ import copy
 import json
 import pickle
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -216,7 +217,7 @@ def test_head_without_pooling_round_trips(tmp_path):
 
 def test_a_torchvision_or_fastai_model_given_to_create_body_is_found_in_the_arch_table(tmp_path):
     from fastai.vision.models import xresnet
-    for ref, arch in ((tvm.resnet34(), 'resnet34'), (tvm.densenet121(), 'densenet121'), (xresnet.xresnet18(), 'xresnet18')):
+    for ref, arch in ((tvm.resnet34(), 'resnet34'), (tvm.squeezenet1_1(), 'squeezenet1_1'), (xresnet.xresnet18(), 'xresnet18')):
         body = sr.create_body(ref, cut=sr.model_meta[getattr(sr, arch)]['cut'], pretrained=False)
         model = sr.SiameseModel(body, sr.create_head(2 * channels(body), 2))
         randomise(model)
@@ -345,6 +346,17 @@ def test_a_tree_edited_after_building_is_named(tmp_path):
     msg = export_error(sr.SiameseModel(body, sr.create_head(512, 2)), tmp_path)
     assert 'is not a resnet body that sr.create_body builds; closest, sr.create_body(sr.resnet18, n_in=3' in msg
     assert 'model.encoder.7 is siamese_rs.layers.Identity where the recorded arguments build' in msg
+
+
+def test_metadata_must_be_finite(tmp_path):
+    "The document is strict JSON (no NaN), so that any JSON parser reads it"
+    norm = Normalize.from_stats([float('nan'), 0.4, 0.4], [0.2, 0.2, 0.2])
+    learn = SimpleNamespace(model=siamese('resnet18'), dls=SimpleNamespace(valid=SimpleNamespace(
+        after_batch=SimpleNamespace(fs=[norm]), after_item=SimpleNamespace(fs=[]))))
+    assert 'NaN or infinity' in export_error(learn, tmp_path)
+    norm.mean[0, 0] = 0.5
+    info = sr.load_model(sr.export_model(learn, tmp_path / 'm.safetensors')).export_info
+    assert info['stats'] == {'mean': [0.5, 0.4, 0.4], 'std': [0.2, 0.2, 0.2]} and info['input'] is None
 
 
 # Files that load_model refuses

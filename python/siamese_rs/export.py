@@ -40,7 +40,11 @@ def export_model(learn_or_model, path):
     info = {'format': FORMAT, 'format_version': FORMAT_VERSION, **body, 'head': head,
             'stats': _stats(dls), 'input': _input(dls), 'labels': _labels(dls),
             'torch_version': torch.__version__, 'siamese_rs_version': __version__}
-    _write(path, _tensors(model), {METADATA_KEY: json.dumps(info)})
+    try: document = json.dumps(info, allow_nan=False)  # strict JSON, as any reader parses it
+    except ValueError:
+        raise ExportError(f'export_model: the metadata holds NaN or infinity (stats {info["stats"]}, head {head}); '
+                          'a model file needs finite numbers') from None
+    _write(path, _tensors(model), {METADATA_KEY: document})
     return path
 
 
@@ -98,7 +102,7 @@ def _body_config(encoder):
     record = encoder.__dict__.get('_sr_body')
     if record is None:
         raise ExportError(f'export_model: the encoder ({_qualname(encoder)}) was not built by sr.create_body; export '
-                          f'needs sr.create_body(arch, n_in, cut=...)')
+                          f'needs sr.create_body(arch, n_in, cut=...){_REBUILD}')
     if 'reason' in record: raise ExportError(f'export_model: the encoder cannot be exported: {record["reason"]}')
     body = {'arch': record['arch'], 'n_in': record['n_in'], 'cut': record['cut']}
     if body['arch'] is not None: return body
@@ -117,11 +121,16 @@ def _body_config(encoder):
                       f'{_describe({**body, "arch": closest[2]})}: {closest[1]}')
 
 
+# Modules built before create_body / create_head recorded their arguments (an older siamese-rs) have no record.
+_REBUILD = (' (a model pickled by a siamese-rs older than export_model lacks the record of those arguments: build it '
+            'again with sr.create_body / sr.create_head and load its state_dict)')
+
+
 def _head_config(head):
     record = head.__dict__.get('_sr_head')
     if record is None:
         raise ExportError(f'export_model: the head ({_qualname(head)}) was not built by sr.create_head; export needs '
-                          f'sr.create_head(nf, n_out, ...)')
+                          f'sr.create_head(nf, n_out, ...){_REBUILD}')
     return dict(record)
 
 
