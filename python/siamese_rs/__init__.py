@@ -4,6 +4,7 @@
 digits) load on first use of one of their names."""
 from . import _loader  # noqa: F401  (first: loads the core, refusing a torch it was not built against)
 from . import exceptions as exceptions
+from . import export as _export
 from . import frozen as _frozen
 from . import layers as _layers
 from . import learner as _learner
@@ -11,6 +12,7 @@ from . import models as _models
 from . import siamese as _siamese
 from ._core import Graph  # noqa: F401
 from .exceptions import *  # noqa: F403
+from .export import *  # noqa: F403
 from .frozen import *  # noqa: F403
 from .layers import *  # noqa: F403
 from .learner import *  # noqa: F403
@@ -29,8 +31,8 @@ _DATA = ('ImageError', 'SiameseImage', 'SiameseTransform', 'SimilarityLabel', 'N
 # ... and `siamese_rs.index`'s (it scores files through the data helpers).
 _INDEX = ('PairIndex',)
 
-__all__ = ['exceptions', 'load_weights', 'imagenet_stats', *exceptions.__all__, *_frozen.__all__, *_layers.__all__,
-           *_learner.__all__, *_models.__all__, *_siamese.__all__, *_DATA, *_INDEX]
+__all__ = ['exceptions', 'load_weights', 'imagenet_stats', *exceptions.__all__, *_export.__all__, *_frozen.__all__,
+           *_layers.__all__, *_learner.__all__, *_models.__all__, *_siamese.__all__, *_DATA, *_INDEX]
 
 
 def __getattr__(name):

@@ -1,7 +1,8 @@
 """The exceptions siamese-rs raises: one base class, each also a subclass of the matching builtin."""
 
 __all__ = ['SiameseError', 'ArgumentError', 'ShapeError', 'ArgumentTypeError', 'UnknownArchError',
-           'WeightsNotFoundError', 'WeightsError', 'TorchError', 'StructureError', 'DTypeError', 'DeviceError']
+           'WeightsNotFoundError', 'WeightsError', 'TorchError', 'StructureError', 'DTypeError', 'DeviceError',
+           'ExportError']
 
 
 class SiameseError(Exception):
@@ -43,6 +44,10 @@ class WeightsError(SiameseError, ValueError):
 
 class StructureError(SiameseError, TypeError):
     "A module tree edit that the Rust core cannot honour"
+
+
+class ExportError(SiameseError, ValueError):
+    "A model `export_model` cannot write: a module `create_body` / `create_head` did not build, or a tree edited since"
 
 
 class TorchError(SiameseError, RuntimeError):

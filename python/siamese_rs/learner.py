@@ -155,15 +155,39 @@ def _as_model(model, pretrained):
     raise ArgumentTypeError(f'create_body: model must be an nn.Module or an arch function, got {type(model).__name__}')
 
 
+# Families of the arch table by the class of their full model: a torchvision / fastai instance given to
+# `create_body` is one of these archs, found by `export_model` by comparing module trees.
+_FAMILY_OF_CLASS = {'ResNet': 'resnet', 'XResNet': 'xresnet', 'VGG': 'vgg', 'AlexNet': 'alexnet', 'DenseNet': 'densenet',
+                    'SqueezeNet': 'squeezenet'}
+
+
+def _body_record(model, arch, n_in, cut):
+    "What `export_model` needs to build this body again: `create_body`'s arguments (or why it cannot)"
+    if callable(cut) and not isinstance(cut, int):
+        return {'reason': f'it was cut by a function ({getattr(cut, "__qualname__", type(cut).__name__)}); export needs '
+                          'create_body(arch, cut=<int or None>)'}
+    family = None if arch is not None else _FAMILY_OF_CLASS.get(type(model).__name__)
+    if arch is None and family is None:
+        return {'reason': f'create_body was given a {type(model).__qualname__}, which is not one of the architectures '
+                          f'of sr.model_meta'}
+    return {'arch': arch, 'family': family, 'n_in': int(n_in), 'cut': cut}
+
+
 def create_body(model, n_in=3, pretrained=True, cut=None):
     "Cut off the body of a typically pretrained `arch` as determined by `cut`"
+    arch = arch_name(model) if callable(model) and not isinstance(model, nn.Module) else None
     model = _as_model(model, pretrained)
+    if arch is None: arch = model.__dict__.get('_sr_arch')
     _update_first_layer(model, n_in, pretrained)
+    record = _body_record(model, arch, n_in, cut)
     if cut is None:
         ll = list(enumerate(model.children()))
         cut = next((i for i, o in reversed(ll) if has_pool_type(o)), None)
         if cut is None: raise ArgumentError('create_body: cut=None needs a child with a pooling layer; pass cut')
-    return cut_model(model, cut)
+    body = cut_model(model, cut)
+    # A plain attribute: no state_dict key, no repr change; kept by deepcopy, pickling and `learn.export`.
+    if isinstance(body, nn.Module): body.__dict__['_sr_body'] = record
+    return body
 
 
 def _floats(name, v, what):
@@ -201,4 +225,13 @@ def create_head(nf, n_out, lin_ftrs=None, ps=0.5, pool=True, concat_pool=True, f
     relus = [i for i, m in enumerate(head) if type(m).__name__ == 'ReLU']
     for i in relus[1:]: head[i] = head[relus[0]]  # fastai repeats one ReLU instance: `[nn.ReLU()] * n`
     if y_range is not None: head[-1].low, head[-1].high = y_range  # keep the user's numbers, as fastai does
+    head.__dict__['_sr_head'] = {
+        'nf': nf, 'n_out': n_out, 'lin_ftrs': lin_ftrs, 'ps': _ps_list(ps), 'pool': bool(pool),
+        'concat_pool': bool(concat_pool), 'first_bn': bool(first_bn), 'bn_final': bool(bn_final),
+        'lin_first': bool(lin_first), 'y_range': None if y_range is None else [_json_number(v) for v in y_range]}
     return head
+
+
+def _json_number(v):
+    "`v` as JSON keeps it: an int or float as it is (so a rebuilt `SigmoidRange` holds the same number), else float"
+    return v if type(v) in (int, float) else float(v)

@@ -218,6 +218,7 @@ def _arch_fn(name):
     def arch(pretrained=False, *, weights=None, progress=True):
         from .weights import load_pretrained
         model = build(_core.build_arch(name))
+        model._sr_arch = name  # what `create_body` records for `export_model` when given this instance
         if pretrained or weights is not None: load_pretrained(model, name, weights, progress)
         return model
     arch.__name__ = arch.__qualname__ = name
