@@ -30,6 +30,7 @@ newest = $(lastword $(sort $(wildcard $(PYENV_VERSIONS)/$(1).*/bin/python)))
 WHEEL_PYTHONS ?= $(foreach v,3.10 3.11 3.12 3.13,$(call newest,$(v)))
 TEST_WHEEL_PYTHON ?= $(call newest,3.11)
 DIST := $(abspath dist)
+CLI := $(CARGO_TARGET_DIR)/release/siamese-rs
 
 .PHONY: help deps setup build demo test test-rust test-python soak lint bench wheels sdist test-wheel
 help:  ## list the targets
@@ -50,6 +51,9 @@ setup: $(STAMP) build  ## venv + dependencies + the Rust extension
 build: $(STAMP)  ## build the Rust extension into the venv
 	maturin develop --release -q
 
+cli: $(STAMP)  ## the `siamese-rs` command line (libtorch, no Python), at $(CLI)
+	cargo build --release -q --features cli --bin siamese-rs
+
 demo: setup  ## the main job: train a Siamese model on the bundled digits
 	python -m siamese_rs.demo
 
@@ -59,8 +63,8 @@ test-rust: $(STAMP)  ## the Rust library (no Python linked), then the bindings' 
 	cargo test --release -q
 	cargo test --release -q --features python --lib
 
-test-python: build
-	python -m pytest -q
+test-python: build cli
+	SIAMESE_RS_CLI=$(CLI) python -m pytest -q
 
 soak: setup  ## the long soak test (2,000 training steps)
 	python -m pytest -q -m soak
@@ -69,6 +73,7 @@ lint: $(STAMP)  ## cargo fmt/clippy and ruff
 	cargo fmt --check
 	cargo clippy --release -q --all-targets -- -D warnings
 	cargo clippy --release -q --all-targets --features python -- -D warnings
+	cargo clippy --release -q --all-targets --features cli -- -D warnings
 	ruff check python tests bench packaging
 	python -m mypy.stubtest siamese_rs._core
 

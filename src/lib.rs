@@ -42,3 +42,5 @@ pub use model::{Model, SiameseModel};
 
 #[cfg(feature = "python")]
 mod bindings;
+#[cfg(feature = "cli")]
+pub mod deploy;

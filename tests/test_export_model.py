@@ -19,6 +19,7 @@ from torch import nn
 from torchvision import models as tvm
 
 import siamese_rs as sr
+from siamese_rs.index import fingerprint
 from conftest import RefSiamese
 from siamese_rs.demo import siamese_learner
 
@@ -91,6 +92,8 @@ def test_round_trip_gives_the_same_outputs(arch, size, tmp_path):
     assert info['cut'] == sr.model_meta[getattr(sr, arch)]['cut']
     assert info['stats'] is None and info['input'] is None and info['labels'] is None  # a bare model
     assert info['torch_version'] == torch.__version__ and info['siamese_rs_version'] == sr.__version__
+    # what PairIndex records of a model: the loaded model's, so galleries built from the file load with it
+    assert info['fingerprint'] == fingerprint(loaded) == fingerprint(model)
     # The file holds exactly the state_dict: float32 floats, int64 batch counters with their values
     assert set(tensors) == set(model.state_dict())
     for k, v in model.state_dict().items():
@@ -105,7 +108,7 @@ def test_metadata_and_file_layout_for_the_default_model(tmp_path):
     assert path == tmp_path / 'm.safetensors'
     info = json.loads(file_contents(path)[0]['siamese_rs'])
     assert list(info) == ['format', 'format_version', 'arch', 'n_in', 'cut', 'head', 'stats', 'input', 'labels',
-                          'torch_version', 'siamese_rs_version']
+                          'fingerprint', 'torch_version', 'siamese_rs_version']
     assert info['head'] == {'nf': 1024, 'n_out': 2, **HEAD_DEFAULTS}
     # the safetensors header is plain JSON with the document as one string: what a reader without Python parses
     raw = path.read_bytes()

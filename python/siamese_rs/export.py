@@ -35,16 +35,23 @@ def export_model(learn_or_model, path):
     path = _out_path(path)
     body = _body_config(model.encoder)
     head = _head_config(model.head)
-    _check_same(model, _build(body, head), f'{_describe(body)} and {_describe_head(head)}')
+    built = _build(body, head)
+    _check_same(model, built, f'{_describe(body)} and {_describe_head(head)}')
     from . import __version__
+    from .index import fingerprint
+    tensors = _tensors(model)
+    built.load_state_dict(tensors)
     info = {'format': FORMAT, 'format_version': FORMAT_VERSION, **body, 'head': head,
             'stats': _stats(dls), 'input': _input(dls), 'labels': _labels(dls),
+            # What `PairIndex` records of the model (`load_model(path)` has it): the command line's
+            # galleries carry it, so `PairIndex.load` takes them with that model and refuses others.
+            'fingerprint': fingerprint(built),
             'torch_version': torch.__version__, 'siamese_rs_version': __version__}
     try: document = json.dumps(info, allow_nan=False)  # strict JSON, as any reader parses it
     except ValueError:
         raise ExportError(f'export_model: the metadata holds NaN or infinity (stats {info["stats"]}, head {head}); '
                           'a model file needs finite numbers') from None
-    _write(path, _tensors(model), {METADATA_KEY: document})
+    _write(path, tensors, {METADATA_KEY: document})
     return path
 
 

@@ -47,6 +47,24 @@ impl Node {
         Node::with_children(kind, vec![], named)
     }
 
+    /// The same tree sharing the same tensors (`shallow_clone`: a write through one is seen by both).
+    pub fn share(&self) -> Node {
+        Node {
+            kind: self.kind,
+            settings: self.settings.clone(),
+            children: self
+                .children
+                .iter()
+                .map(|(k, c)| (k.clone(), c.share()))
+                .collect(),
+            tensors: self
+                .tensors
+                .iter()
+                .map(|(k, t)| (k.clone(), t.shallow_clone()))
+                .collect(),
+        }
+    }
+
     /// Adds a tensor under `name` (builder style).
     pub fn tensor(mut self, name: &str, t: Tensor) -> Node {
         self.tensors.push((name.to_string(), t));

@@ -1,0 +1,126 @@
+//! The model file of `sr.export_model`: safetensors weights under fastai's `state_dict` keys and
+//! one metadata entry, `"siamese_rs"`, a JSON document that says how to build the model.
+use crate::bail;
+use crate::error::{Error, Result};
+use crate::{create_body, create_head, HeadConfig, SiameseModel};
+use serde::Deserialize;
+use std::path::Path;
+
+/// The model file format this build reads.
+pub const FORMAT: &str = "siamese-rs model";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The JSON document of a model file (see the README's "Exporting a model").
+#[derive(Clone, Debug, Deserialize)]
+pub struct ModelInfo {
+    pub format: String,
+    pub format_version: u32,
+    pub arch: String,
+    pub n_in: i64,
+    pub cut: Option<i64>,
+    pub head: HeadArgs,
+    pub stats: Option<Stats>,
+    pub input: Option<Input>,
+    pub labels: Option<Vec<String>>,
+    /// What `sr.PairIndex` records of the model; galleries carry it.
+    pub fingerprint: Option<String>,
+}
+
+/// `create_head`'s arguments.
+#[derive(Clone, Debug, Deserialize)]
+pub struct HeadArgs {
+    pub nf: i64,
+    pub n_out: i64,
+    pub lin_ftrs: Option<Vec<i64>>,
+    pub ps: Vec<f64>,
+    pub pool: bool,
+    pub concat_pool: bool,
+    pub first_bn: bool,
+    pub bn_final: bool,
+    pub lin_first: bool,
+    pub y_range: Option<(f64, f64)>,
+}
+
+/// The `Normalize` statistics of the learner's data.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Stats {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// The validation `Resize`: `size` is `[h, w]`; `method` crop, squish or pad.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Input {
+    pub size: [u32; 2],
+    pub method: String,
+    pub pad_mode: String,
+}
+
+impl HeadArgs {
+    pub fn config(&self) -> HeadConfig {
+        HeadConfig {
+            lin_ftrs: self.lin_ftrs.clone(),
+            ps: self.ps.clone(),
+            pool: self.pool,
+            concat_pool: self.concat_pool,
+            first_bn: self.first_bn,
+            bn_final: self.bn_final,
+            lin_first: self.lin_first,
+            y_range: self.y_range,
+            ..HeadConfig::new(self.nf, self.n_out)
+        }
+    }
+}
+
+/// A loaded model file: its document and the model with its weights, in eval mode.
+#[derive(Debug)]
+pub struct ModelFile {
+    pub info: ModelInfo,
+    pub model: SiameseModel,
+}
+
+impl ModelFile {
+    /// Reads `path` (no pickled code: safetensors only) and builds the model it describes.
+    pub fn load(path: impl AsRef<Path>) -> Result<ModelFile> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Weights(format!("cannot read {}: {e}", path.display())))?;
+        let info = read_info(&bytes, path)?;
+        let body = create_body(&info.arch, info.n_in, info.cut)?;
+        let mut model = SiameseModel::new(body, create_head(&info.head.config())?);
+        model.load_safetensors(path)?;
+        Ok(ModelFile { info, model })
+    }
+}
+
+/// The document of the file `bytes`, checked for format and version.
+fn read_info(bytes: &[u8], path: &Path) -> Result<ModelInfo> {
+    let not_ours = |why: String| {
+        Error::Weights(format!(
+            "{} is not a siamese-rs model file ({why}); write one with sr.export_model(learn, path)",
+            path.display()
+        ))
+    };
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| not_ours(format!("not safetensors: {e:?}")))?;
+    let Some(doc) = meta.metadata().as_ref().and_then(|m| m.get("siamese_rs")) else {
+        return Err(not_ours("no \"siamese_rs\" metadata".into()));
+    };
+    let head: serde_json::Value =
+        serde_json::from_str(doc).map_err(|e| not_ours(format!("metadata: {e}")))?;
+    let format = head.get("format").and_then(|v| v.as_str()).unwrap_or("");
+    let version = head.get("format_version").and_then(|v| v.as_u64());
+    if format != FORMAT {
+        return Err(not_ours(format!("format {format:?}")));
+    }
+    if version != Some(FORMAT_VERSION as u64) {
+        bail!(
+            Weights,
+            "{} is a model file of format version {}, this siamese-rs reads version {FORMAT_VERSION}; \
+             export the model again with this release",
+            path.display(),
+            version.map_or("unknown".to_string(), |v| v.to_string())
+        );
+    }
+    serde_json::from_value(head).map_err(|e| not_ours(format!("metadata: {e}")))
+}
