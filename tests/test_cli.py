@@ -108,7 +108,7 @@ def test_a_folder_of_resized_photos_agrees_with_python(trained, tmp_path):
     queries = resized[:20]
     ours, want = _cli_scores(model, out, queries, resized), _python_scores(learn, queries, resized)
     print(f'resized photos: max |P_cli - P_python| = {(ours - want).abs().max():.2e}')
-    assert (ours - want).abs().max() < 1e-2
+    assert (ours - want).abs().max() < 1e-5  # PIL's resampling arithmetic, reproduced (the target is 1e-2)
     assert ((ours >= 0.5) == (want >= 0.5)).float().mean() >= 0.99
 
 

@@ -19,9 +19,9 @@ from torch import nn
 from torchvision import models as tvm
 
 import siamese_rs as sr
-from siamese_rs.index import fingerprint
 from conftest import RefSiamese
 from siamese_rs.demo import siamese_learner
+from siamese_rs.index import fingerprint
 
 HEAD_DEFAULTS = {'lin_ftrs': None, 'ps': [0.5], 'pool': True, 'concat_pool': True, 'first_bn': True, 'bn_final': False,
                  'lin_first': False, 'y_range': None}
