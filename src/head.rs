@@ -28,6 +28,13 @@ impl Block for ConcatPool {
     }
 }
 
+/// The tutorial's head: a resnet34 body's 512 features per image, concatenated (1,024), two classes.
+impl Default for HeadConfig {
+    fn default() -> HeadConfig {
+        HeadConfig::new(1024, 2)
+    }
+}
+
 /// fastai's `BatchNorm(nf, ndim=1)`: PyTorch's BatchNorm1d with its bias started at 1e-3.
 const FASTAI_BN: BnCfg = BnCfg { bias: 1e-3, ..BN };
 

@@ -141,6 +141,12 @@ pub const BN: BnCfg = BnCfg {
     bias: 0.0,
 };
 
+impl Default for BnCfg {
+    fn default() -> BnCfg {
+        BN
+    }
+}
+
 /// `nn.BatchNorm1d`/`2d` (by `kind`) with `nf` features, affine, tracking running stats.
 pub fn batch_norm(kind: Kind, nf: i64, c: BnCfg) -> Result<Node> {
     let momentum = c.momentum.map_or(Value::None, Value::Float);
