@@ -74,6 +74,7 @@ lint: $(STAMP)  ## cargo fmt/clippy and ruff
 	cargo clippy --release -q --all-targets -- -D warnings
 	cargo clippy --release -q --all-targets --features python -- -D warnings
 	cargo clippy --release -q --all-targets --features cli -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -q
 	ruff check python tests bench packaging
 	python -m mypy.stubtest siamese_rs._core
 
