@@ -150,6 +150,7 @@ impl Model {
 /// assert_eq!(logits.size(), [4, 2]);
 /// let feats = model.encode(&x1)?; // the encoder's output: resnet18's last feature map
 /// assert_eq!(feats.size(), [4, 512, 2, 2]);
+/// # std::fs::remove_file(&path).ok();
 /// # Ok::<(), siamese_rs::Error>(())
 /// ```
 #[derive(Debug)]
