@@ -42,8 +42,10 @@ const FASTAI_BN: BnCfg = BnCfg { bias: 1e-3, ..BN };
 /// doubling `nf` for concat pooling cannot overflow.
 const MAX_FEATURES: i64 = 1 << 31;
 
-/// The arguments of `create_head`, with fastai's defaults in `Default`.
+/// The arguments of `create_head`, with fastai's defaults in `new`. A model file's `"head"` (written by
+/// `sr.export_model`) deserialises into it (the `cli` feature).
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(serde::Deserialize))]
 pub struct HeadConfig {
     pub nf: i64,
     pub n_out: i64,

@@ -160,6 +160,12 @@ def test_bad_input_is_a_clear_message_and_an_exit_status(trained, tmp_path):
     info['format_version'] = 99
     save_file(tensors, tmp_path / 'v99.safetensors', metadata={METADATA_KEY: json.dumps(info)})
     fails('score', tmp_path / 'v99.safetensors', files[0], files[1], match='format version 99')
+    # a document the transforms cannot honour: an error, not a crash
+    for key, value, match in [('stats', {'mean': [0.5], 'std': [0.2]}, 'stats:'),
+                              ('input', {'size': [0, 32], 'method': 'crop', 'pad_mode': 'zeros'}, 'input.size')]:
+        bad = {**json.loads(meta[METADATA_KEY]), key: value}
+        save_file(tensors, tmp_path / 'bad.safetensors', metadata={METADATA_KEY: json.dumps(bad)})
+        fails('score', tmp_path / 'bad.safetensors', files[0], files[1], match=match)
     # a gallery built by another model
     other = sr.load_model(model)
     with torch.no_grad(): other.head[-1].weight.mul_(-1)

@@ -197,4 +197,27 @@ mod tests {
         check(resnet18(10).unwrap(), &[2, 3, 32, 32], 1e-5);
         check(resnet50(10).unwrap(), &[2, 3, 32, 32], 1e-5);
     }
+
+    /// Children are found by name: a block listing them in another order computes the same, and
+    /// a child its forward does not call is refused (by position, both went wrong silently).
+    #[test]
+    fn children_are_addressed_by_name() {
+        let block = basic_block(8, 16, 2).unwrap();
+        let mut shuffled = block.share();
+        shuffled.children.reverse();
+        let x = Tensor::randn([2, 8, 8, 8], (tch::Kind::Float, tch::Device::Cpu));
+        let want = crate::Model::new(block).forward_t(&x, false).unwrap();
+        let got = crate::Model::new(shuffled.share())
+            .forward_t(&x, false)
+            .unwrap();
+        assert!(got.equal(&want));
+        shuffled.children.push(("extra".to_string(), relu(true)));
+        let err = crate::Model::new(shuffled)
+            .forward_t(&x, false)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no child called \"extra\""),
+            "{err}"
+        );
+    }
 }

@@ -180,26 +180,24 @@ impl Gallery {
                 meta.get("kind")
             )));
         }
-        let tensors = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{e:?}")))?;
-        let read = |name: &str| -> Result<Tensor> {
-            let v = tensors
-                .tensor(name)
-                .map_err(|e| bad(format!("{name}: {e:?}")))?;
-            if v.dtype() != Dtype::F32 {
+        let tensors = super::model_file::read_tensors(&bytes).map_err(bad)?;
+        let read = |name: &str| -> Result<Option<Tensor>> {
+            let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) else {
+                return Ok(None);
+            };
+            if t.kind() != Kind::Float || t.dim() != 2 {
                 return Err(bad(format!(
-                    "{name} is {:?}; the command line reads float32 galleries",
-                    v.dtype()
+                    "{name} is {:?} of shape {:?}; the command line reads float32 rows",
+                    t.kind(),
+                    t.size()
                 )));
             }
-            let shape: Vec<i64> = v.shape().iter().map(|&s| s as i64).collect();
-            Ok(Tensor::f_from_data_size(v.data(), &shape, Kind::Float)?)
+            Ok(Some(t.shallow_clone()))
         };
-        let a = read("a")?;
-        let b = if tensors.names().iter().any(|n| *n == "b") {
-            read("b")?
-        } else {
-            a.shallow_clone()
+        let Some(a) = read("a")? else {
+            return Err(bad("no tensor \"a\"".into()));
         };
+        let b = read("b")?.unwrap_or_else(|| a.shallow_clone());
         let image: (Vec<i64>, String) = meta
             .get("image")
             .and_then(|s| serde_json::from_str(s).ok())

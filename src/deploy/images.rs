@@ -65,9 +65,27 @@ impl Preprocess {
                         "input.pad_mode: expected zeros, border or reflection, got {m:?}"
                     ),
                 };
+                if i.size.contains(&0) {
+                    bail!(
+                        Value,
+                        "input.size: expected a positive [h, w], got {:?}",
+                        i.size
+                    );
+                }
                 (Some((i.size[1], i.size[0])), method, pad)
             }
         };
+        if let Some(s) = &info.stats {
+            let n = info.n_in as usize;
+            if s.mean.len() != n || s.std.len() != n || s.std.contains(&0.0) {
+                bail!(
+                    Value,
+                    "stats: expected {n} means and {n} non-zero stds for a {n}-channel model, got {:?} and {:?}",
+                    s.mean,
+                    s.std
+                );
+            }
+        }
         let stats = info.stats.as_ref().map(|s| {
             let f = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<_>>();
             (f(&s.mean), f(&s.std))

@@ -18,27 +18,13 @@ pub struct ModelInfo {
     pub arch: String,
     pub n_in: i64,
     pub cut: Option<i64>,
-    pub head: HeadArgs,
+    /// `create_head`'s arguments (fastai 2.8.12's names).
+    pub head: HeadConfig,
     pub stats: Option<Stats>,
     pub input: Option<Input>,
     pub labels: Option<Vec<String>>,
     /// What `sr.PairIndex` records of the model; galleries carry it.
     pub fingerprint: Option<String>,
-}
-
-/// `create_head`'s arguments.
-#[derive(Clone, Debug, Deserialize)]
-pub struct HeadArgs {
-    pub nf: i64,
-    pub n_out: i64,
-    pub lin_ftrs: Option<Vec<i64>>,
-    pub ps: Vec<f64>,
-    pub pool: bool,
-    pub concat_pool: bool,
-    pub first_bn: bool,
-    pub bn_final: bool,
-    pub lin_first: bool,
-    pub y_range: Option<(f64, f64)>,
 }
 
 /// The `Normalize` statistics of the learner's data.
@@ -56,22 +42,6 @@ pub struct Input {
     pub pad_mode: String,
 }
 
-impl HeadArgs {
-    pub fn config(&self) -> HeadConfig {
-        HeadConfig {
-            lin_ftrs: self.lin_ftrs.clone(),
-            ps: self.ps.clone(),
-            pool: self.pool,
-            concat_pool: self.concat_pool,
-            first_bn: self.first_bn,
-            bn_final: self.bn_final,
-            lin_first: self.lin_first,
-            y_range: self.y_range,
-            ..HeadConfig::new(self.nf, self.n_out)
-        }
-    }
-}
-
 /// A loaded model file: its document and the model with its weights, in eval mode.
 #[derive(Debug)]
 pub struct ModelFile {
@@ -87,8 +57,14 @@ impl ModelFile {
             .map_err(|e| Error::Weights(format!("cannot read {}: {e}", path.display())))?;
         let info = read_info(&bytes, path)?;
         let body = create_body(&info.arch, info.n_in, info.cut)?;
-        let mut model = SiameseModel::new(body, create_head(&info.head.config())?);
-        model.load_safetensors(path)?;
+        let mut model = SiameseModel::new(body, create_head(&info.head)?);
+        let state = read_tensors(&bytes).map_err(|e| {
+            Error::Weights(format!(
+                "cannot read the weights of {}: {e}",
+                path.display()
+            ))
+        })?;
+        model.load_state_dict(&state)?;
         Ok(ModelFile { info, model })
     }
 }
@@ -123,4 +99,28 @@ fn read_info(bytes: &[u8], path: &Path) -> Result<ModelInfo> {
         );
     }
     serde_json::from_value(head).map_err(|e| not_ours(format!("metadata: {e}")))
+}
+
+/// Every tensor of safetensors `bytes`, by name (the file is read once, for its document and weights).
+pub fn read_tensors(bytes: &[u8]) -> std::result::Result<Vec<(String, tch::Tensor)>, String> {
+    use safetensors::tensor::Dtype;
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("{e:?}"))?;
+    file.tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let kind = match v.dtype() {
+                Dtype::F32 => tch::Kind::Float,
+                Dtype::F64 => tch::Kind::Double,
+                Dtype::F16 => tch::Kind::Half,
+                Dtype::BF16 => tch::Kind::BFloat16,
+                Dtype::I64 => tch::Kind::Int64,
+                Dtype::I32 => tch::Kind::Int,
+                d => return Err(format!("{name}: unsupported dtype {d:?}")),
+            };
+            let shape: Vec<i64> = v.shape().iter().map(|&s| s as i64).collect();
+            let t =
+                tch::Tensor::f_from_data_size(v.data(), &shape, kind).map_err(|e| e.to_string())?;
+            Ok((name, t))
+        })
+        .collect()
 }
