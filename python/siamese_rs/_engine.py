@@ -27,6 +27,25 @@ KIND_CLASSES = {}
 _GRAPHS = {}
 _MAX_GRAPHS = 256
 _MISSING = object()
+# How many times a module of ours had an attribute set or deleted, a hook added or its tensors converted
+# (`.to()`), or any module registered a parameter, buffer or child: a frozen model walks its source's tree
+# again, and plans its own again, only when this moved (`_watch.py`, `frozen.py`).
+_GENERATION = [0]
+
+
+def generation():
+    "The module-change counter (see `_GENERATION`)"
+    return _GENERATION[0]
+
+
+def _bump(*_):
+    _GENERATION[0] += 1
+
+
+for _register in (_torch_module.register_module_module_registration_hook,
+                  _torch_module.register_module_parameter_registration_hook,
+                  _torch_module.register_module_buffer_registration_hook):
+    _register(_bump)
 
 
 def pure_torch():
@@ -102,10 +121,12 @@ class RustModule:
     def __setattr__(self, name, value):
         # Any attribute may be a setting the cached key depends on.
         self.__dict__.pop('_sr_key', None)
+        _GENERATION[0] += 1
         super().__setattr__(name, value)
 
     def __delattr__(self, name):
         self.__dict__.pop('_sr_key', None)
+        _GENERATION[0] += 1
         super().__delattr__(name)
 
     def _sr_supported(self):
@@ -148,6 +169,20 @@ class RustModule:
     def _py_forward(self, *xs):
         "PyTorch's forward (child by child for containers), used where the core cannot run as one call"
         return super(RustModule, self).forward(*xs)
+
+
+def _bumping(name):
+    "`nn.Module.<name>`, counting a module change first (hooks and conversions change what a forward computes)"
+    def method(self, *args, **kwargs):
+        _bump()
+        return getattr(super(RustModule, self), name)(*args, **kwargs)
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+for _name in ('_apply', 'register_forward_hook', 'register_forward_pre_hook', 'register_full_backward_hook',
+              'register_full_backward_pre_hook', 'register_backward_hook'):
+    setattr(RustModule, _name, _bumping(_name))
 
 
 def _check_like_params(m, xs, tensors):

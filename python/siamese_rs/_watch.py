@@ -10,7 +10,7 @@ may name more tensors it depends on with `_sr_watched()` (a frozen model names i
 import torch
 
 from . import _core
-from ._engine import _MISSING, RustModule
+from ._engine import _MISSING, RustModule, generation
 
 __all__ = ['Watch', 'watched_tensors']
 
@@ -51,17 +51,28 @@ def _checksums(ts):
 
 
 class Watch:
-    "A snapshot of `model` that `changed()` compares with the model as it is now"
-    def __init__(self, model, every_value=False):
-        self.model, self.every_value = model, every_value
-        self.state = self._state()
+    """A snapshot of `model` that `changed()` compares with the model as it is now.
 
-    def _state(self):
-        mods, ts = _walk(self.model)
-        key = tuple((id(t), 0 if t.is_mkldnn else t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in ts)
+    `fast=True` (a frozen model, which checks on every call) walks the tree again only when some module
+    changed since (`_engine.generation()`: an attribute of one of ours set or deleted, any registration);
+    otherwise it compares the snapshot's tensors alone. That holds for trees of our modules whose settings
+    are all cached; any other tree is walked on every call."""
+    def __init__(self, model, every_value=False, fast=False):
+        self.model, self.every_value = model, every_value
+        self.gen = generation()
+        self.mods, self.tensors = _walk(model)
+        self.fast = fast and all(isinstance(m, RustModule) and '_sr_key' in m.__dict__ for m in model.modules())
+        self.state = self._tensor_state(self.tensors)
+
+    def _tensor_state(self, ts):
+        key = tuple((id(t), 0 if t.is_mkldnn else t.data_ptr(), t._version, t.shape, t.dtype) for t in ts)
         values = _checksums(ts) if self.every_value else _core.sample_digest(ts, SAMPLE)
-        return mods, key, values
+        return key, values
 
     def changed(self):
         "Whether the model's modules, settings, tensors or values differ from the snapshot"
-        return self._state() != self.state
+        if self.fast and generation() == self.gen: return self._tensor_state(self.tensors) != self.state
+        gen, (mods, ts) = generation(), _walk(self.model)
+        if mods != self.mods or self._tensor_state(ts) != self.state: return True
+        self.gen = gen  # the tree moved and came back as it was
+        return False

@@ -1,9 +1,10 @@
 """`freeze`: an inference copy of a model, in the spirit of `torch.jit.freeze` and `optimize_for_inference`.
 
-The copy has every BatchNorm that directly follows a convolution folded into it, its convolution weights
-prepacked once in oneDNN's layout (which the core's convolutions then use as they are), and, with
-`dtype=torch.bfloat16`, an encoder that computes in bfloat16 (the head stays float32). It computes what
-`model.eval()` computes, within rounding: folding moves float32 features by about 1e-6 relative.
+The copy has every BatchNorm that directly follows a convolution folded into it and, with
+`dtype=torch.bfloat16`, an encoder that computes in bfloat16 with its convolution weights prepacked once in
+oneDNN's layout (the head stays float32). float32 weights are not prepacked: that ran 0-20% slower here.
+It computes what `model.eval()` computes, within rounding: folding moves float32 features by about 1e-6
+relative.
 
 The copy watches its source: when the source's weights, buffers, modules or settings change (training goes
 on, weights are loaded), the next call folds and packs them again, so a frozen model never answers with
@@ -18,7 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import layers
-from ._engine import KIND_CHILDREN, KIND_TENSORS, RustModule, _attr, _plan, pure_torch
+from ._engine import KIND_CHILDREN, KIND_TENSORS, RustModule, _attr, _global_hooks, _plan, generation, pure_torch
 from ._watch import Watch, watched_tensors
 from .exceptions import ArgumentError, ArgumentTypeError, DeviceError, DTypeError, ShapeError
 
@@ -41,7 +42,7 @@ def native_bfloat16():
 
 
 def freeze(model, dtype=torch.float32):
-    "An inference copy of `model` (a SiameseModel, a body or a Learner) with BatchNorm folded and weights prepacked"
+    "An inference copy of `model` (a SiameseModel, a body or a Learner) with BatchNorm folded (and bf16 prepacked)"
     source = getattr(model, 'model', model)
     if isinstance(source, FrozenModel): source = source.source
     if not isinstance(source, nn.Module):
@@ -76,7 +77,7 @@ class FrozenModel(nn.Module):
         src = self.source
         self.encoder.body = _fold_and_pack(src.encoder if self.siamese else src, self.dtype)
         if self.siamese: self.head = _copy(src.head).eval()
-        self._watch = Watch(src)
+        self._watch = Watch(src, fast=True)
 
     def _sr_watched(self):
         "The source's tensors: a PairIndex of this model must notice the source changing, too"
@@ -134,11 +135,20 @@ class _FrozenEncoder(nn.Module):
         _check_input(x, 'x', self.body)
         return self.run(x)
 
+    def _plan(self):
+        "The body's plan, made again only when a module changed (a hook, `.to()`, a new body: `generation`)"
+        if _global_hooks(): return None  # run module by module, so that the hooks see every module
+        gen, plan = self.__dict__.get('_cached_plan', (None, None))
+        if plan is None or gen != generation():
+            gen, plan = generation(), _plan(self.body)
+            self.__dict__['_cached_plan'] = gen, plan
+        return plan
+
     def run(self, x):
         "The encoder on checked images"
         with torch.no_grad(), torch.autocast('cpu', enabled=False):
             x = x.to(self.owner.dtype)
-            plan = None if pure_torch() else _plan(self.body)
+            plan = None if pure_torch() else self._plan()
             if plan is None: y = self.body(x)
             else:
                 graph, tensors = plan
@@ -161,9 +171,12 @@ def _check_input(x, name, body):
 
 
 def _fold_and_pack(body, dtype):
-    "A frozen copy of `body`: BatchNorm folded into the convolutions, weights prepacked for oneDNN in `dtype`"
+    "A frozen copy of `body`: BatchNorm folded into the convolutions; for bfloat16, weights prepacked for oneDNN"
     tree = _copy(body).eval()
     _fold(tree)
+    # float32 weights stay in PyTorch's layout: prepacked ones ran 0-20% slower here, most at small inputs
+    # (oneDNN's packed layout is chosen for one input shape; given a plain weight, it picks per shape).
+    if dtype == torch.float32: return tree
     cpu = next(tree.parameters(), torch.empty(0)).device.type == 'cpu'
     # DenseNet's blocks run on dense channels-last tensors (they concatenate), where oneDNN's convolution on a
     # prepacked weight answers in the ordinary layout and the block ran 1.1-1.4x slower (bench/FROZEN.md).
@@ -172,7 +185,7 @@ def _fold_and_pack(body, dtype):
         packable = type(m) is layers.Conv2d and id(m) not in dense and m._sr_make_key() is not None
         if packable and cpu and torch.backends.mkldnn.is_available():
             _pack(m, dtype)
-        elif dtype != torch.float32 and isinstance(m, nn.Conv2d):
+        elif isinstance(m, nn.Conv2d):
             m.weight = nn.Parameter(m.weight.to(dtype), requires_grad=False)
             if m.bias is not None: m.bias = nn.Parameter(m.bias.to(dtype), requires_grad=False)
     return tree
