@@ -79,7 +79,7 @@ FP32_PEERS, BF16_PEERS = ('trace', 'compile', 'compile-freeze'), ('autocast',)
 
 class CompileFrozen:
     "`torch.compile` (inductor) with its `freezing` on: weights folded into the graph as constants"
-    def __init__(self, model): self.fn = torch.compile(model)
+    def __init__(self, model): self.fn = torch.compile(model, dynamic=False)
 
     def __call__(self, x1, x2):
         with torch._inductor.config.patch(freezing=True): return self.fn(x1, x2)
@@ -95,7 +95,11 @@ class Autocast:
 
 def compiled(model, kind, x1, x2):
     "A model as a user would speed it up: compiled, traced and frozen, autocast, or `sr.freeze`d"
-    if kind in ('compile', 'ours-compile'): return torch.compile(model)
+    if kind in ('compile', 'ours-compile', 'compile-freeze'):
+        # Every row compiles its own graph for its shapes: past dynamo's recompile limit (8 per code object,
+        # and rows share `forward`'s) it would run eager instead, and after a second shape, dynamic shapes.
+        torch._dynamo.config.recompile_limit = 1024
+    if kind in ('compile', 'ours-compile'): return torch.compile(model, dynamic=False)
     if kind == 'compile-freeze': return CompileFrozen(model)
     if kind == 'autocast': return Autocast(model)
     if kind in OURS: return sr.freeze(model, dtype=torch.bfloat16 if kind == 'frozen-bf16' else torch.float32)
