@@ -149,11 +149,64 @@ class _FrozenEncoder(nn.Module):
         with torch.no_grad(), torch.autocast('cpu', enabled=False):
             x = x.to(self.owner.dtype)
             plan = None if pure_torch() else self._plan()
-            if plan is None: y = self.body(x)
-            else:
-                graph, tensors = plan
-                y = graph.forward(tensors, [x], x.device.type == 'cpu' and torch.backends.mkldnn.enabled)
-            return y.float()
+            if plan is None: return self.body(x).float()
+            fast = x.device.type == 'cpu' and torch.backends.mkldnn.enabled
+            sized = self._sized(x, plan) if fast else None
+            if sized is not None:  # dense channels-last: no NaN probes needed
+                graph, tensors = sized
+                return graph.forward(tensors, [x.contiguous(memory_format=torch.channels_last)], False).contiguous()
+            graph, tensors = plan
+            return graph.forward(tensors, [x], fast).float()
+
+    def _sized(self, x, plan):
+        """For a small float32 batch, the plan of a copy of the body whose weights are prepacked for `x`'s
+        shape (kept for the last `_SIZED_SHAPES` shapes while the body's tensors stay the same), or None"""
+        if self.owner.dtype != torch.float32 or x.dim() != 4 or len(x) > _SMALL_BATCH: return None
+        cache, key, gen = self.__dict__.setdefault('_sized_plans', OrderedDict()), tuple(x.shape), generation()
+        entry = cache.get(key)
+        if entry is not None and entry[0] != gen:  # some module changed: is it still this body's copy?
+            entry = (gen, *entry[1:]) if entry[1] == _stamp(plan[1]) else None
+        if entry is None:
+            sized = _sized_plan(self.body, x, plan)  # (its hooks and packing move the generation)
+            entry = generation(), _stamp(plan[1]), sized
+            while len(cache) >= _SIZED_SHAPES: cache.popitem(last=False)
+        cache[key] = entry
+        cache.move_to_end(key)
+        return entry[2]
+
+
+# Batches of at most this many images (both sides of a pair batch together) run dense channels-last on
+# weights prepacked for their shape, where oneDNN beat its blocked layout by 1.1-1.5x here (bench/FROZEN.md);
+# larger ones run blocked.
+_SMALL_BATCH = 4
+_SIZED_SHAPES = 2  # input shapes whose prepacked weights a frozen model keeps (a copy of the weights each)
+
+
+def _stamp(tensors):
+    "The identity of a plan's tensors (what the packed copy was made from)"
+    return tuple((id(t), 0 if t is None or t.is_mkldnn else t.data_ptr()) for t in tensors)
+
+
+def _sized_plan(body, x, plan):
+    """The plan of a copy of `body` with every convolution's float32 weight prepacked for the input size it
+    gets from `x`, or None when oneDNN cannot run it so: checked once against the blocked plan"""
+    sizes = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(id(m), list(a[0].shape)))
+             for m in body.modules() if type(m) is layers.Conv2d]
+    try: body(x)  # module by module (the hooks see every convolution)
+    finally:
+        for h in hooks: h.remove()
+    copy_ = _copy(body)
+    for m, c in zip(body.modules(), copy_.modules()):
+        if id(m) in sizes and m._sr_make_key() is not None: _pack(c, torch.float32, sizes[id(m)])
+    sized = _plan(copy_)
+    if sized is None: return None
+    try: got = sized[0].forward(sized[1], [x.contiguous(memory_format=torch.channels_last)], False)
+    except Exception: return None  # a convolution oneDNN refuses in this form: run blocked
+    want = plan[0].forward(plan[1], [x], True)
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item()):
+        return None
+    return sized
 
 
 def _check_input(x, name, body):
@@ -254,11 +307,12 @@ def _fold_into(conv, bn):
     conv.bias = nn.Parameter(shift.to(dt), requires_grad=False)
 
 
-def _pack(conv, dtype):
-    "`conv`'s weight reordered once into oneDNN's layout for its convolution (its bias stays float32)"
+def _pack(conv, dtype, input_size=None):
+    "`conv`'s weight reordered once into oneDNN's layout for its convolution (for an input size, if given)"
     w = conv.weight.detach().to_mkldnn(dtype)
+    size = [] if input_size is None else [input_size]
     packed = torch._C._nn.mkldnn_reorder_conv2d_weight(w, list(conv.padding), list(conv.stride),
-                                                       list(conv.dilation), conv.groups)
+                                                       list(conv.dilation), conv.groups, *size)
     del conv.weight
     conv.register_buffer('weight', packed)
     conv.__class__ = _PackedConv2d

@@ -5,6 +5,7 @@ pub mod exec;
 pub mod init;
 pub mod kind;
 pub mod node;
+mod onednn;
 pub(crate) mod ops;
 mod settings;
 #[cfg(test)]

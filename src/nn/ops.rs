@@ -158,7 +158,14 @@ impl Op {
             } => {
                 let w = weight(slot(0))?;
                 check_channels(&x, w, *groups)?;
-                if w.is_mkldnn() {
+                if w.is_mkldnn() && !x.is_mkldnn() && x.kind() == tch::Kind::Float {
+                    // A float32 weight prepacked for this input's size (`siamese_rs.freeze`, small
+                    // batches): dense channels-last in and out, where PyTorch's own ReLU and max
+                    // pool then keep NaN (bench/FROZEN.md: 1.2-1.5x the blocked layout here).
+                    super::onednn::conv_pointwise(
+                        &x, None, w, slot(1), padding, stride, dilation, *groups,
+                    )?
+                } else if w.is_mkldnn() {
                     // A weight prepacked in oneDNN's layout (`siamese_rs.freeze`): oneDNN's own
                     // convolution takes it with a blocked or a dense input, and answers in kind.
                     x.f_mkldnn_convolution(w, slot(1), padding, stride, dilation, *groups)?

@@ -382,10 +382,16 @@ impl SystemInfo {
         println!("cargo:rerun-if-changed=libtch/torch_api_generated.h");
         println!("cargo:rerun-if-changed=libtch/torch_api.cpp");
         println!("cargo:rerun-if-changed=libtch/torch_api.h");
+        println!("cargo:rerun-if-changed=libtch/siamese_ops.cpp");
         println!("cargo:rerun-if-changed=libtch/stb_image_write.h");
         println!("cargo:rerun-if-changed=libtch/stb_image_resize.h");
         println!("cargo:rerun-if-changed=libtch/stb_image.h");
-        let mut c_files = vec!["libtch/torch_api.cpp", "libtch/torch_api_generated.cpp"];
+        // siamese-rs: siamese_ops.cpp holds the operators siamese-rs calls that tch does not bind.
+        let mut c_files = vec![
+            "libtch/torch_api.cpp",
+            "libtch/torch_api_generated.cpp",
+            "libtch/siamese_ops.cpp",
+        ];
         if cfg!(feature = "python-extension") {
             c_files.push("libtch/torch_python.cpp")
         }

@@ -166,6 +166,26 @@ extern "C" {
     pub fn get_and_reset_last_err() -> *mut c_char;
 }
 
+// siamese-rs: libtch/siamese_ops.cpp.
+extern "C" {
+    /// `mkldnn::_convolution_pointwise` (no post-op), or its `.binary` form adding `other` when it
+    /// is not null; `b` may be null. Null on error (`get_and_reset_last_err`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sr_convolution_pointwise(
+        x: *mut C_tensor,
+        other: *mut C_tensor,
+        w: *mut C_tensor,
+        b: *mut C_tensor,
+        padding: *const i64,
+        padding_len: c_int,
+        stride: *const i64,
+        stride_len: c_int,
+        dilation: *const i64,
+        dilation_len: c_int,
+        groups: i64,
+    ) -> *mut C_tensor;
+}
+
 #[repr(C)]
 pub struct C_optimizer {
     _private: [u8; 0],
