@@ -63,6 +63,39 @@ def test_float32_is_within_1e4_of_the_reference(name):
     assert '_PackedConv2d' not in kinds and 'Conv2d' in kinds
 
 
+@pytest.mark.parametrize('name', ['resnet34', 'resnet50'] + SMALLEST)
+def test_small_batches_run_dense_on_weights_packed_for_them(name):
+    "One pair (two images): dense channels-last on weights prepacked for that shape, NaN and inf as in PyTorch"
+    ours, ref = family_pair(name)
+    x1, x2 = pair_inputs(name, n=1)
+    frozen = sr.freeze(ours)
+    with torch.no_grad(): want = ref(x1, x2)
+    assert rel(frozen(x1, x2), want) < 1e-4
+    sized = frozen.encoder._sized_plans[(2, *x1.shape[1:])][2]
+    assert sized is not None  # it ran that way, checked against the blocked plan once
+    assert any(t is not None and t.is_mkldnn for t in sized[1])
+    x1[0, 0, 3, 3], x2[0, 1, 5, 5] = float('nan'), float('inf')
+    with torch.no_grad(): want = ref(x1, x2)
+    got = frozen(x1, x2)
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+
+
+def test_small_batch_copies_follow_the_source_and_stay_few():
+    ours, _ = make_pair('resnet18', ps=0.0)
+    randomise_bn(ours)
+    frozen = sr.freeze(ours)
+    x1, x2 = pair_inputs('resnet18', n=1)
+    frozen(x1, x2)
+    for p in ours.parameters(): p.data.mul_(1.01)
+    got = frozen(x1, x2)
+    with torch.no_grad(): want = ours.eval()(x1, x2)
+    assert rel(got, want) < 1e-4
+    for n in (1, 2, 3, 4):  # images: a copy of the weights per shape, for the last two shapes only
+        frozen.encoder(torch.randn(n, 3, 32, 32))
+    assert list(frozen.encoder._sized_plans) == [(3, 3, 32, 32), (4, 3, 32, 32)]
+    assert frozen.encoder(torch.randn(5, 3, 32, 32)).shape[0] == 5 and len(frozen.encoder._sized_plans) == 2
+
+
 @pytest.mark.parametrize('name', ['resnet34'] + SMALLEST)
 def test_bfloat16_runs_every_family(name):
     ours, ref = family_pair(name)
@@ -152,7 +185,8 @@ def test_an_unchanged_source_is_not_walked_or_planned_again(monkeypatch):
     ours, _ = make_pair('resnet18', ps=0.0)
     x1, x2 = pair_inputs('resnet18', n=2)
     frozen = sr.freeze(ours)
-    frozen(x1, x2)
+    frozen(x1, x2)  # packs weights for this shape: modules of the copy change
+    frozen(x1, x2)  # so this call walks the source once more
     walks, plans = [], []
     monkeypatch.setattr(sr._watch, '_walk', lambda m, f=sr._watch._walk: walks.append(1) or f(m))
     monkeypatch.setattr(fz, '_plan', lambda m, f=fz._plan: plans.append(1) or f(m))

@@ -63,3 +63,52 @@ fn last_error() -> Result<()> {
     unsafe { libc::free(err.cast()) };
     Err(tch::TchError::Torch(msg).into()) // without libtorch's C++ backtrace
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    fn channels_last(x: Tensor) -> Tensor {
+        x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn pointwise_convolution_is_conv2d_and_keeps_channels_last() {
+        tch::manual_seed(0);
+        let x = channels_last(Tensor::randn([2, 16, 9, 9], (Kind::Float, tch::Device::Cpu)));
+        let w = Tensor::randn([32, 16, 3, 3], (Kind::Float, tch::Device::Cpu));
+        let b = Tensor::randn([32], (Kind::Float, tch::Device::Cpu));
+        let (pad, stride, dil) = ([1, 1], [2, 2], [1, 1]);
+        let packed = w
+            .to_mkldnn()
+            .mkldnn_reorder_conv2d_weight(pad, stride, dil, 1, Some([2, 16, 9, 9].as_slice()));
+        let want = x.conv2d(&w, Some(&b), stride, pad, dil, 1);
+        let got = conv_pointwise(&x, None, &packed, Some(&b), &pad, &stride, &dil, 1).unwrap();
+        assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
+        let out_strides = got.stride();
+        assert_eq!(out_strides[1], 1, "channels-last output, strides {out_strides:?}");
+        // The binary form adds `other` in the same pass; a NaN in it stays NaN.
+        let other = channels_last(Tensor::randn_like(&want));
+        let _ = other.narrow(2, 0, 1).narrow(3, 0, 1).fill_(f64::NAN);
+        let got = conv_pointwise(&x, Some(&other), &packed, Some(&b), &pad, &stride, &dil, 1);
+        let got = got.unwrap();
+        let want = &want + &other;
+        assert!(got.isnan().equal(&want.isnan()));
+        assert!(max_diff(&got.nan_to_num(0.0, None, None), &want.nan_to_num(0.0, None, None)) < 1e-4);
+    }
+
+    #[test]
+    fn a_refused_convolution_is_an_error() {
+        let x = Tensor::randn([1, 3, 8, 8], (Kind::Float, tch::Device::Cpu));
+        let w = Tensor::randn([4, 5, 3, 3], (Kind::Float, tch::Device::Cpu)).to_mkldnn();
+        let err = conv_pointwise(&x, None, &w, None, &[1, 1], &[1, 1], &[1, 1], 1).unwrap_err();
+        assert!(matches!(err, Error::Torch(_)), "{err:?}");
+        // The error was taken: the next call starts clean.
+        assert!(last_error().is_ok());
+    }
+}
