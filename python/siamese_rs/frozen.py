@@ -1,10 +1,11 @@
 """`freeze`: an inference copy of a model, in the spirit of `torch.jit.freeze` and `optimize_for_inference`.
 
-The copy has every BatchNorm that directly follows a convolution folded into it and, with
-`dtype=torch.bfloat16`, an encoder that computes in bfloat16 with its convolution weights prepacked once in
-oneDNN's layout (the head stays float32). float32 weights are not prepacked: that ran 0-20% slower here.
-It computes what `model.eval()` computes, within rounding: folding moves float32 features by about 1e-6
-relative.
+The copy has every BatchNorm that directly follows a convolution folded into it. In float32, batches of up
+to `_SMALL_BATCH` images run dense channels-last on convolution weights prepacked for their shape (oneDNN's
+`_convolution_pointwise`; PyTorch's own ReLU and max pool keep NaN there), larger ones in oneDNN's blocked
+layout as the exact model does. With `dtype=torch.bfloat16` the encoder computes in bfloat16 with its
+convolution weights prepacked once (the head stays float32). It computes what `model.eval()` computes, within
+rounding: folding moves float32 features by about 1e-6 relative.
 
 The copy watches its source: when the source's weights, buffers, modules or settings change (training goes
 on, weights are loaded), the next call folds and packs them again, so a frozen model never answers with

@@ -58,7 +58,9 @@ fn last_error() -> Result<()> {
         return Ok(());
     }
     // SAFETY: `err` is a valid NUL-terminated string until freed just below.
-    let msg = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    let msg = unsafe { CStr::from_ptr(err) }
+        .to_string_lossy()
+        .into_owned();
     // SAFETY: allocated by `strdup` (malloc), freed once.
     unsafe { libc::free(err.cast()) };
     Err(tch::TchError::Torch(msg).into()) // without libtorch's C++ backtrace
@@ -80,18 +82,28 @@ mod tests {
     #[test]
     fn pointwise_convolution_is_conv2d_and_keeps_channels_last() {
         tch::manual_seed(0);
-        let x = channels_last(Tensor::randn([2, 16, 9, 9], (Kind::Float, tch::Device::Cpu)));
+        let x = channels_last(Tensor::randn(
+            [2, 16, 9, 9],
+            (Kind::Float, tch::Device::Cpu),
+        ));
         let w = Tensor::randn([32, 16, 3, 3], (Kind::Float, tch::Device::Cpu));
         let b = Tensor::randn([32], (Kind::Float, tch::Device::Cpu));
         let (pad, stride, dil) = ([1, 1], [2, 2], [1, 1]);
-        let packed = w
-            .to_mkldnn()
-            .mkldnn_reorder_conv2d_weight(pad, stride, dil, 1, Some([2, 16, 9, 9].as_slice()));
+        let packed = w.to_mkldnn().mkldnn_reorder_conv2d_weight(
+            pad,
+            stride,
+            dil,
+            1,
+            Some([2, 16, 9, 9].as_slice()),
+        );
         let want = x.conv2d(&w, Some(&b), stride, pad, dil, 1);
         let got = conv_pointwise(&x, None, &packed, Some(&b), &pad, &stride, &dil, 1).unwrap();
         assert!(max_diff(&got, &want) < 1e-4, "{}", max_diff(&got, &want));
         let out_strides = got.stride();
-        assert_eq!(out_strides[1], 1, "channels-last output, strides {out_strides:?}");
+        assert_eq!(
+            out_strides[1], 1,
+            "channels-last output, strides {out_strides:?}"
+        );
         // The binary form adds `other` in the same pass; a NaN in it stays NaN.
         let other = channels_last(Tensor::randn_like(&want));
         let _ = other.narrow(2, 0, 1).narrow(3, 0, 1).fill_(f64::NAN);
@@ -99,7 +111,12 @@ mod tests {
         let got = got.unwrap();
         let want = &want + &other;
         assert!(got.isnan().equal(&want.isnan()));
-        assert!(max_diff(&got.nan_to_num(0.0, None, None), &want.nan_to_num(0.0, None, None)) < 1e-4);
+        assert!(
+            max_diff(
+                &got.nan_to_num(0.0, None, None),
+                &want.nan_to_num(0.0, None, None)
+            ) < 1e-4
+        );
     }
 
     #[test]

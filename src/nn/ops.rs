@@ -163,7 +163,14 @@ impl Op {
                     // batches): dense channels-last in and out, where PyTorch's own ReLU and max
                     // pool then keep NaN (bench/FROZEN.md: 1.2-1.5x the blocked layout here).
                     super::onednn::conv_pointwise(
-                        &x, None, w, slot(1), padding, stride, dilation, *groups,
+                        &x,
+                        None,
+                        w,
+                        slot(1),
+                        padding,
+                        stride,
+                        dilation,
+                        *groups,
                     )?
                 } else if w.is_mkldnn() {
                     // A weight prepacked in oneDNN's layout (`siamese_rs.freeze`): oneDNN's own
