@@ -121,12 +121,12 @@ class RustModule:
     def __setattr__(self, name, value):
         # Any attribute may be a setting the cached key depends on.
         self.__dict__.pop('_sr_key', None)
-        _GENERATION[0] += 1
+        _bump()
         super().__setattr__(name, value)
 
     def __delattr__(self, name):
         self.__dict__.pop('_sr_key', None)
-        _GENERATION[0] += 1
+        _bump()
         super().__delattr__(name)
 
     def _sr_supported(self):

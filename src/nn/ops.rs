@@ -161,10 +161,9 @@ impl Op {
                 if w.is_mkldnn() && !x.is_mkldnn() && x.kind() == tch::Kind::Float {
                     // A float32 weight prepacked for this input's size (`siamese_rs.freeze`, small
                     // batches): dense channels-last in and out, where PyTorch's own ReLU and max
-                    // pool then keep NaN (bench/FROZEN.md: 1.2-1.5x the blocked layout here).
+                    // pool then keep NaN (bench/FROZEN.md: 1.1-1.5x the blocked layout here).
                     super::onednn::conv_pointwise(
                         &x,
-                        None,
                         w,
                         slot(1),
                         padding,

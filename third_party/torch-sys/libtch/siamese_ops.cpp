@@ -14,34 +14,23 @@ c10::OperatorHandle op(const char *name, const char *overload) {
 
 extern "C" {
 // oneDNN's convolution on a dense (channels-last) input with a weight prepacked for its input size:
-// `mkldnn::_convolution_pointwise` with no post-op, or its `.binary` form adding `other` (same shape as
-// the output) in the same pass when `other` is not null. The output keeps the input's memory format.
-tensor sr_convolution_pointwise(tensor x, tensor other, tensor w, tensor b, int64_t *padding,
-                                int padding_len, int64_t *stride, int stride_len, int64_t *dilation,
-                                int dilation_len, int64_t groups) {
+// `mkldnn::_convolution_pointwise` with no post-op. The output keeps the input's memory format.
+tensor sr_convolution_pointwise(tensor x, tensor w, tensor b, int64_t *padding, int padding_len,
+                                int64_t *stride, int stride_len, int64_t *dilation, int dilation_len,
+                                int64_t groups) {
   PROTECT(
     torch::jit::Stack stack;
     stack.emplace_back(*x);
-    if (other) stack.emplace_back(*other);
     stack.emplace_back(*w);
     stack.emplace_back(b ? c10::IValue(*b) : c10::IValue());
     stack.emplace_back(ints(padding, padding_len));
     stack.emplace_back(ints(stride, stride_len));
     stack.emplace_back(ints(dilation, dilation_len));
     stack.emplace_back(groups);
-    if (other) {
-      stack.emplace_back(std::string("add"));                          // binary_attr
-      stack.emplace_back(c10::IValue());                               // alpha
-      stack.emplace_back(c10::IValue());                               // unary_attr
-      stack.emplace_back(c10::List<std::optional<c10::Scalar>>());     // unary_scalars
-      stack.emplace_back(c10::IValue());                               // unary_algorithm
-      op("mkldnn::_convolution_pointwise", "binary").callBoxed(&stack);
-    } else {
-      stack.emplace_back(std::string("none"));                         // attr
-      stack.emplace_back(c10::List<std::optional<c10::Scalar>>());     // scalars
-      stack.emplace_back(c10::IValue());                               // algorithm
-      op("mkldnn::_convolution_pointwise", "").callBoxed(&stack);
-    }
+    stack.emplace_back(std::string("none"));                       // attr
+    stack.emplace_back(c10::List<std::optional<c10::Scalar>>());   // scalars
+    stack.emplace_back(c10::IValue());                             // algorithm
+    op("mkldnn::_convolution_pointwise", "").callBoxed(&stack);
     return new torch::Tensor(stack[0].toTensor());
   )
   return nullptr;

@@ -168,12 +168,11 @@ extern "C" {
 
 // siamese-rs: libtch/siamese_ops.cpp.
 extern "C" {
-    /// `mkldnn::_convolution_pointwise` (no post-op), or its `.binary` form adding `other` when it
-    /// is not null; `b` may be null. Null on error (`get_and_reset_last_err`).
+    /// `mkldnn::_convolution_pointwise` with no post-op; `b` may be null. Null on error
+    /// (`get_and_reset_last_err`).
     #[allow(clippy::too_many_arguments)]
     pub fn sr_convolution_pointwise(
         x: *mut C_tensor,
-        other: *mut C_tensor,
         w: *mut C_tensor,
         b: *mut C_tensor,
         padding: *const i64,
