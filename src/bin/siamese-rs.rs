@@ -2,8 +2,10 @@
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use siamese_rs::deploy::images::batch;
+use siamese_rs::deploy::{decode, names};
 use siamese_rs::deploy::{Gallery, ModelFile, PairStage, Preprocess};
 use siamese_rs::{Error, Result};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tch::Tensor;
@@ -44,6 +46,13 @@ enum Command {
         /// Images per encoder call.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
+    },
+    /// An image as the model's transforms receive it, before resizing: PIL's convert('RGB')
+    /// (convert('L') with --gray), as a binary PPM (PGM) on stdout.
+    Pixels {
+        image: PathBuf,
+        #[arg(long)]
+        gray: bool,
     },
 }
 
@@ -109,6 +118,7 @@ fn run(command: Command) -> Result<()> {
             json,
             batch_size,
         } => dedupe(&model, &dir, threshold, json, batch_size),
+        Command::Pixels { image, gray } => pixels(&image, gray),
     }
 }
 
@@ -128,12 +138,34 @@ fn score(model: &Path, a: &Path, b: &Path, json: bool) -> Result<()> {
         .f_double_value(&[0, 1])?;
     if json {
         let label = label(&file.info.labels, p);
-        let doc = serde_json::json!({"a": a, "b": b, "p_same": p, "label": label});
-        println!("{doc}");
+        println!(
+            "{{\"a\":{},\"b\":{},\"p_same\":{},\"label\":{}}}",
+            names::json(a),
+            names::json(b),
+            number(p),
+            serde_json::Value::from(label)
+        );
     } else {
         println!("{p:.6}");
     }
     Ok(())
+}
+
+/// `p` as a JSON number (`null` if it is not finite, as serde_json writes it).
+fn number(p: f64) -> serde_json::Value {
+    serde_json::Value::from(p)
+}
+
+/// Writes `parts` (text, and file names as their bytes) and a newline to stdout.
+fn line(parts: &[&[u8]]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut write = || -> std::io::Result<()> {
+        for p in parts {
+            out.write_all(p)?;
+        }
+        out.write_all(b"\n")
+    };
+    write().map_err(|e| Error::Value(format!("cannot write to stdout: {e}")))
 }
 
 /// The label of the decision at P(same) `p` (class 1 is "same").
@@ -228,12 +260,16 @@ fn fingerprint(file: &ModelFile) -> Result<String> {
 }
 
 fn build(model: &Path, inputs: &[PathBuf], output: &Path, bs: usize) -> Result<()> {
+    let files = image_files(inputs)?;
+    let stored = files
+        .iter()
+        .map(|f| Ok(names::utf8(f, "the gallery file stores names as UTF-8 text")?.to_string()))
+        .collect::<Result<Vec<_>>>()?;
     let file = ModelFile::load(model)?;
     let stage = PairStage::of(&file.model, &file.info)?;
-    let files = image_files(inputs)?;
     let (a, b, image) = encode_files(&file, &stage, &files, bs)?;
     let gallery = Gallery {
-        files: files.iter().map(|f| f.display().to_string()).collect(),
+        files: stored,
         a,
         b,
         model: fingerprint(&file)?,
@@ -273,13 +309,14 @@ fn search(model: &Path, gallery: &Path, queries: &[PathBuf], k: i64, json: bool)
         if json {
             let matches: Vec<_> = hits
                 .iter()
-                .map(|(f, p)| serde_json::json!({"file": f, "p_same": p}))
+                .map(|(f, p)| serde_json::json!({"file": f, "p_same": p}).to_string())
                 .collect();
-            println!("{}", serde_json::json!({"query": q, "matches": matches}));
+            let (query, matches) = (names::json(q), matches.join(","));
+            println!("{{\"query\":{query},\"matches\":[{matches}]}}");
         } else {
-            println!("{}", q.display());
+            line(&[names::bytes(q)])?;
             for (f, p) in hits {
-                println!("  {p:.6}  {f}");
+                line(&[format!("  {p:.6}  {f}").as_bytes()])?;
             }
         }
     }
@@ -310,9 +347,11 @@ fn dedupe(model: &Path, dir: &Path, threshold: f64, json: bool, bs: usize) -> Re
             let pij = p.f_double_value(&[0, j])?;
             let (fa, fb) = (&files[i as usize], &files[j as usize]);
             if json {
-                println!("{}", serde_json::json!({"a": fa, "b": fb, "p_same": pij}));
+                let (a, b, p) = (names::json(fa), names::json(fb), number(pij));
+                println!("{{\"a\":{a},\"b\":{b},\"p_same\":{p}}}");
             } else {
-                println!("{pij:.6}  {}  {}", fa.display(), fb.display());
+                let p = format!("{pij:.6}  ");
+                line(&[p.as_bytes(), names::bytes(fa), b"  ", names::bytes(fb)])?;
             }
             found += 1;
         }
@@ -321,4 +360,18 @@ fn dedupe(model: &Path, dir: &Path, threshold: f64, json: bool, bs: usize) -> Re
     bar.finish_and_clear();
     eprintln!("{found} pairs with P(same) >= {threshold} among {n} images");
     Ok(())
+}
+
+fn pixels(image: &Path, gray: bool) -> Result<()> {
+    let img = decode::read(image)?;
+    let (magic, data) = if gray {
+        ("P5", img.to_l())
+    } else {
+        ("P6", img.to_rgb())
+    };
+    let header = format!("{magic}\n{} {}\n255\n", img.width, img.height);
+    let mut out = std::io::stdout().lock();
+    out.write_all(header.as_bytes())
+        .and_then(|_| out.write_all(&data))
+        .map_err(|e| Error::Value(format!("cannot write to stdout: {e}")))
 }

@@ -1,12 +1,13 @@
-//! fastai's validation transforms on an image file, in Rust: `PILImage.create` (RGB, or luma for a
-//! one-channel model), `Resize(size, method, pad_mode)` with its centre crop or pad and PIL's
+//! fastai's validation transforms on an image file, in Rust: `PILImage.create` (PIL's
+//! `convert('RGB')`, or `PILImageBW.create`'s `convert('L')` for a one-channel model; `decode`), `Resize(size, method, pad_mode)` with its centre crop or pad and PIL's
 //! bilinear resampling (its fixed-point arithmetic, two rounded passes), `ToTensor`,
 //! `IntToFloatTensor` (/255) and `Normalize` with the model's statistics.
+use super::decode;
 use super::model_file::ModelInfo;
 use crate::bail;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use image::imageops;
-use image::{ImageBuffer, Pixel};
+use image::{ImageBuffer, Luma, Pixel, Rgb};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -101,12 +102,12 @@ impl Preprocess {
 
     /// The image file at `path` as a `(channels, h, w)` float tensor, as the model's `dls` gives it.
     pub fn load(&self, path: &Path) -> Result<Tensor> {
-        let img = image::open(path)
-            .map_err(|e| Error::Value(format!("cannot read image {}: {e}", path.display())))?;
+        let img = decode::read(path)?;
+        let (w, h) = (img.width, img.height);
         let t = if self.channels == 1 {
-            self.to_tensor(&img.to_luma8())?
+            self.to_tensor(&ImageBuffer::<Luma<u8>, _>::from_raw(w, h, img.to_l()))?
         } else {
-            self.to_tensor(&img.to_rgb8())?
+            self.to_tensor(&ImageBuffer::<Rgb<u8>, _>::from_raw(w, h, img.to_rgb()))?
         };
         let t = t.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?;
         match &self.stats {
@@ -121,10 +122,13 @@ impl Preprocess {
         }
     }
 
-    fn to_tensor<P>(&self, img: &ImageBuffer<P, Vec<u8>>) -> Result<Tensor>
+    fn to_tensor<P>(&self, img: &Option<ImageBuffer<P, Vec<u8>>>) -> Result<Tensor>
     where
         P: Pixel<Subpixel = u8> + 'static,
     {
+        let Some(img) = img else {
+            bail!(Value, "an image's samples do not match its size"); // not reached: decode sizes them
+        };
         let img = match self.size {
             Some(size) => resize(img, size, self.method, self.pad),
             None => img.clone(),

@@ -1,9 +1,14 @@
 //! Deploying without Python (the `cli` feature): the model file `sr.export_model` writes
-//! (`model_file`), fastai's validation transforms on image files (`images`), and galleries of
-//! encoded images that `sr.PairIndex.load` reads too (`gallery`).
+//! (`model_file`), image files read as PIL reads them (`decode`, `jpeg`, `pil`), fastai's validation
+//! transforms on them (`images`), galleries of encoded images that `sr.PairIndex.load` reads too
+//! (`gallery`), and file names printed losslessly (`names`).
+pub mod decode;
 pub mod gallery;
 pub mod images;
+mod jpeg;
 pub mod model_file;
+pub mod names;
+pub mod pil;
 
 pub use gallery::{Gallery, PairStage};
 pub use images::Preprocess;
