@@ -2,6 +2,7 @@
 //! (`model_file`), fastai's validation transforms on image files (`images`), and galleries of
 //! encoded images that `sr.PairIndex.load` reads too (`gallery`).
 pub mod gallery;
+mod gallery_file;
 pub mod images;
 pub mod model_file;
 
