@@ -35,7 +35,8 @@ class _Bad:
     def __call__(self, field, expected, got):
         got = got if isinstance(got, str) and got.startswith('<') else repr(got)
         if len(got) > 200: got = got[:200] + '…'
-        raise WeightsError(f'path: {self.path!r} is not a valid PairIndex file: {field}: expected {expected}, got {got}')
+        raise WeightsError(f'path: {self.path!r}: not a PairIndex file this siamese-rs can read: {field}: expected '
+                           f'{expected}, got {got}')
 
 
 def checksum_hex(t):
@@ -144,7 +145,7 @@ def _infos(header, meta, data_size, bad):
     for k, (_, _, b, e) in sorted(infos.items(), key=lambda kv: kv[1][2]):
         if b != end: bad(f'tensor {k!r}: data_offsets', f'to start at byte {end} (tensors tile the data)', b)
         end = e
-    if end != data_size: bad('data', f'{end} bytes after the header (the tensors)', f'<{data_size} bytes>')
+    if end != data_size: bad('data', f'{end} bytes after the header (the tensors)', f'<{data_size} bytes: truncated or extended>')
     return infos
 
 
@@ -153,7 +154,7 @@ def _info(entry, name, ndim, bad):
     keys = ['data_offsets', 'dtype', 'shape']
     if not isinstance(entry, dict) or sorted(entry) != keys: bad(f'tensor {name!r}', f'an object of {keys}', entry)
     dtype, shape, offs = entry['dtype'], entry['shape'], entry['data_offsets']
-    if dtype not in DTYPES: bad(f'tensor {name!r}: dtype', f'one of {list(DTYPES)}', dtype)
+    if not isinstance(dtype, str) or dtype not in DTYPES: bad(f'tensor {name!r}: dtype', f'one of {list(DTYPES)}', dtype)
     if not (isinstance(shape, list) and 2 <= len(shape) <= ndim and all(type(s) is int and s >= 1 for s in shape)):
         bad(f'tensor {name!r}: shape', f'[rows, columns, ...] of 2 to {ndim} sizes >= 1', shape)
     if not (isinstance(offs, list) and len(offs) == 2 and all(type(s) is int and s >= 0 for s in offs)):
