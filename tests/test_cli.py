@@ -177,3 +177,37 @@ def test_bad_input_is_a_clear_message_and_an_exit_status(trained, tmp_path):
     fails('index', 'search', model, tmp_path / 'g.sri', files[5], '-k', 9, match='-k')
     fails('dedupe', model, tmp_path, '--threshold', 2, match='--threshold')
     assert cli('score', ok=False).returncode == 2  # clap's usage error
+
+
+def test_tampered_galleries_are_one_line_errors(trained, tmp_path):
+    "A gallery is untrusted: swapped, damaged or tampered files are refused naming the field, never scored"
+    from test_index_files import HUGE, drop_b, edited, extra_tensor, flip_byte, swap_ab
+    learn, model, files = trained
+    good = tmp_path / 'g.sri'
+    cli('index', 'build', model, *files[:6], '-o', good)
+    want = cli('index', 'search', model, good, files[7], '-k', 6, '--json').stdout
+    cases = {
+        'swapped': (dict(header=swap_ab), 'checksum'),
+        'byte': (dict(data=flip_byte), 'checksum'),
+        'no b': (dict(header=drop_b, data=lambda d: d[:len(d) // 2]), 'tensors'),
+        'extra': (dict(header=extra_tensor, data=lambda d: d + b'\0' * 4), 'tensors'),
+        'f16': (dict(header=lambda h: [h[k].update(dtype='F16', shape=[h[k]['shape'][0], h[k]['shape'][1] * 2])
+                                       for k in 'ab']), 'tensor a'),
+        'truncated': (dict(data=lambda d: d[:-100]), 'safetensors header'),
+        'version 3': (dict(meta={'version': '3'}), 'version'),
+        'no checksums': (dict(meta={'checksums': None}), 'checksums'),
+        'bad checksums': (dict(meta={'checksums': '{"a": "00", "b": "zz"}'}), 'checksums'),
+        'huge image': (dict(meta={'image': HUGE}), 'image'),
+        'NaN image': (dict(meta={'image': '[[3, NaN, 32], "float32"]'}), 'image'),
+        'files': (dict(meta={'files': '["x.png"]'}), 'files'),
+        'kind': (dict(meta={'kind': None}), 'kind'),
+    }
+    for name, (edit, match) in cases.items():
+        bad = edited(good, tmp_path / 'bad.sri', **edit)
+        r = cli('index', 'search', model, bad, files[7], ok=False)
+        msg = r.stderr.strip()
+        assert r.returncode != 0 and match in msg and 'bad.sri' in msg, (name, msg)
+        assert '\n' not in msg and 'panicked' not in msg, (name, msg)
+    # a version 1 gallery (before checksums) still reads, with the same scores
+    v1 = edited(good, tmp_path / 'v1.sri', meta={'version': '1', 'checksums': None})
+    assert cli('index', 'search', model, v1, files[7], '-k', 6, '--json').stdout == want

@@ -188,10 +188,9 @@ class MyPool(nn.Module):
 def user_tail(m): m.head[5] = Swish()
 def user_pool(m): m.head[0] = MyPool()
 def hooked(m): m.head[4].register_forward_hook(lambda mod, i, o: o * 1.5)
-def batch_stats(m): m.head[2].running_mean = m.head[2].running_var = None
 
 
-@pytest.mark.parametrize('edit,kind', [(user_tail, 'tail'), (user_pool, 'head'), (hooked, 'head'), (batch_stats, 'head')])
+@pytest.mark.parametrize('edit,kind', [(user_tail, 'tail'), (user_pool, 'head'), (hooked, 'head')])
 def test_heads_it_cannot_split_fall_back_with_one_warning(edit, kind):
     model = siamese(seed=3)
     edit(model)
@@ -202,7 +201,6 @@ def test_heads_it_cannot_split_fall_back_with_one_warning(edit, kind):
         index.score(q)
     assert len([w for w in record if 'cannot be split' in str(w.message)]) == 1 and index._stage.kind == kind
     g = torch.cat([g, imgs(2, seed=7)])
-    if edit is batch_stats: return  # batch statistics depend on the batch: there is no per-pair truth to compare to
     torch.testing.assert_close(index.score(q), reference(model, q, g), atol=TOL, rtol=0)
     pairs, p = index.matches(0.5)
     m = index.all_pairs()
@@ -302,7 +300,7 @@ def test_truncated_or_foreign_files_are_errors(model, index, tmp_path):
     (tmp_path / 'cut.safetensors').write_bytes(data[:len(data) // 2])
     with pytest.raises(sr.WeightsError, match='truncated'): sr.PairIndex.load(tmp_path / 'cut.safetensors', model)
     (tmp_path / 'junk.safetensors').write_bytes(b'not an index at all')
-    with pytest.raises(sr.WeightsError, match='cannot read'): sr.PairIndex.load(tmp_path / 'junk.safetensors', model)
+    with pytest.raises(sr.WeightsError, match='header length'): sr.PairIndex.load(tmp_path / 'junk.safetensors', model)
     from safetensors.torch import save_file
     save_file({'x': torch.zeros(2)}, tmp_path / 'w.safetensors')
     with pytest.raises(sr.WeightsError, match='not a PairIndex file'): sr.PairIndex.load(tmp_path / 'w.safetensors', model)

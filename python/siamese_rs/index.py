@@ -8,19 +8,20 @@ import json
 import numbers
 import os
 import warnings
-from pathlib import Path
 
 import torch
+from torch import nn
 
 from . import _core
+from ._index_file import read as _read
+from ._index_file import write as _write
 from ._split import split_head
 from ._watch import Watch as _Watch
 from .data import _as_batch, _check_bs, _model_dls
-from .exceptions import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, WeightsError, WeightsNotFoundError
+from .exceptions import ArgumentError, ArgumentTypeError, DTypeError, ShapeError, WeightsError
 
 __all__ = ['PairIndex']
 
-FORMAT, VERSION = 'siamese_rs.PairIndex', '1'
 _BLOCK = 1 << 22  # values per block where PyTorch scores pairs (16 MiB of float32)
 
 
@@ -143,9 +144,20 @@ def _pair_stage(model, feats):
         return _Kernel(split, feats.shape[1])
     what = 'the modules after its first Linear' if split is not None else 'the head'
     warnings.warn(f'PairIndex: {what} cannot be split exactly for the Rust pair kernel (a module it does not know, '
-                  'hooks, or BatchNorm without running statistics); scoring runs them per pair in blocks, with '
+                  'or hooks); scoring runs them per pair in blocks, with '
                   'the same numbers, much more slowly', stacklevel=5)
     return _TorchTail(split, feats.shape[1]) if split is not None else _WholeHead(model.head, feats.shape)
+
+
+def _check_batch_stats(model):
+    "Refuse BatchNorm on batch statistics in eval (no running ones): a score would depend on the images chunked with it"
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None and m.running_var is None:
+            raise ArgumentError(
+                f'model: {name} ({type(m).__name__}) has no running statistics (track_running_stats=False), so in eval '
+                'it normalises each batch with that batch\'s statistics and P(same) of a pair depends on the images '
+                'encoded with it; expected BatchNorm with running statistics (give it some, e.g. '
+                'track_running_stats=True and a pass over training data, or replace it) for a PairIndex')
 
 
 def fingerprint(model):
@@ -162,6 +174,7 @@ class PairIndex:
     "Exact P(same) of `model(query, image)` for many images, each encoded once and every pair scored in Rust"
     def __init__(self, model, images=None, dls=None, bs=64, dtype=torch.float32):
         self.model, self.dls = _model_dls(model, dls)
+        _check_batch_stats(self.model)
         _check_bs(bs)
         if dtype not in (torch.float32, torch.bfloat16):
             raise ArgumentError(f'dtype: expected torch.float32 or torch.bfloat16 (storage of u and v), got {dtype!r}')
@@ -223,31 +236,38 @@ class PairIndex:
         return _gather(pairs, distributed), _gather(p, distributed)
 
     def save(self, path):
-        "Save to a safetensors file at `path`, with what `load` checks (the model's fingerprint)"
-        from safetensors.torch import save_file
+        "Save to a safetensors file at `path`, with what `load` checks (the model's fingerprint, the rows' checksums)"
         self._ready()
-        meta = {'format': FORMAT, 'version': VERSION, 'model': fingerprint(self.model), 'kind': self._stage.kind,
+        meta = {'model': fingerprint(self.model), 'kind': self._stage.kind,
                 'image': json.dumps([list(self._image[0]), str(self._image[1]).removeprefix('torch.')])}
-        tensors = {'a': self._a} if self._b is self._a else {'a': self._a, 'b': self._b}
-        save_file(tensors, os.fspath(path), metadata=meta)
+        _write(path, {'a': self._a} if self._b is self._a else {'a': self._a, 'b': self._b}, meta)
 
     @classmethod
     def load(cls, path, model, dls=None, bs=64):
         "The index saved at `path`, for `model` (the same architecture, head and weights it was built with)"
-        meta, tensors = _read(path)
+        meta, tensors = _read(path)  # every field and tensor checked, nothing allocated from unchecked sizes
         index = cls(model, dls=dls, bs=bs, dtype=tensors['a'].dtype)
-        if meta.get('model') != fingerprint(index.model):
+        if meta['model'] != fingerprint(index.model):
             raise WeightsError(f'path: {os.fspath(path)!r} was built with another model (architecture, head or weights '
                                'differ from the model given); load it with that model, or rebuild the index')
-        shape, dtype = json.loads(meta['image'])
-        index._image = (tuple(shape), getattr(torch, dtype))
+        index._image = meta['image']
         index._a, index._b = tensors['a'], tensors.get('b', tensors['a'])
-        a, _ = index._encode(torch.zeros(1, *shape, dtype=index._image[1]))  # builds the pair stage from the model
-        if index._stage.kind != meta.get('kind') or index._a.shape[1:] != a.shape[1:] or index._b.shape != index._a.shape:
-            raise WeightsError(f'path: {os.fspath(path)!r} holds a {meta.get("kind")} index of shape '
+        a = index._probe(path)
+        if index._stage.kind != meta['kind'] or index._a.shape[1:] != a.shape[1:]:
+            raise WeightsError(f'path: {os.fspath(path)!r} holds a {meta["kind"]} index of shape '
                                f'{tuple(index._a.shape)}; this model makes a {index._stage.kind} index of rows '
                                f'{tuple(a.shape[1:])}: rebuild the index')
         return index
+
+    def _probe(self, path):
+        "Rows of one zero image of the file's declared shape (this builds the pair stage from the model)"
+        shape, dtype = self._image
+        try: return self._encode(torch.zeros(1, *shape, dtype=dtype))[0]
+        except WeightsError: raise
+        except Exception as e:  # the declared shape is the file's, not the caller's: name the field
+            raise WeightsError(f'path: {os.fspath(path)!r}: image: this model cannot encode an image of the shape '
+                               f'{shape} and dtype {str(dtype).removeprefix("torch.")} the file declares '
+                               f'({type(e).__name__}: {str(e)[:200]})') from None
 
     # internals
     def _score_each(self, x1, x2):
@@ -263,9 +283,7 @@ class PairIndex:
         self._fresh()
 
     def _fresh(self):
-        if self._watch is not None and self._watch.changed():
-            raise WeightsError('model: its weights or modules changed after this PairIndex was built, so its scores '
-                               'would be stale; rebuild the index (PairIndex(model, images)) after training')
+        if self._watch is not None and self._watch.changed(): _stale('after this PairIndex was built')
 
     def _batch(self, images, name):
         "`images` as a float batch like the indexed ones"
@@ -288,19 +306,31 @@ class PairIndex:
         if len(x) == 0 and self._a is not None: return self._a[:0], self._b[:0]  # a rank's empty shard
         model, was = self.model, self.model.training
         p = next(model.parameters(), None)
+        first = self._watch is None
+        if first: _check_batch_stats(model)
+        if first: self._watch = _Watch(model, every_value=True)  # before any chunk: a change from now on is seen
         model.eval()
         try:
             out = []
             for i in range(0, len(x), self.bs):
                 c = x[i:i + self.bs]
                 feats = model.encoder(c.to(p.device) if p is not None else c)
-                if self._stage is None:
-                    self._stage = _pair_stage(model, feats)
-                    self._watch = _Watch(model, every_value=True)
+                if self._stage is None: self._stage = _pair_stage(model, feats)
                 out.append(self._stage.encode(feats))
+        except BaseException:
+            if first: self._stage = self._watch = self._image = None  # nothing was built: the index stays empty
+            raise
         finally: model.train(was)
+        if self._watch.changed():  # encoded by two models: no row of it may be used
+            if first: self._stage = self._watch = self._image = None
+            _stale('while this PairIndex encoded images')
         a = torch.cat([o[0] for o in out])
         return (a, a) if out[0][0] is out[0][1] else (a, torch.cat([o[1] for o in out]))
+
+
+def _stale(when):
+    raise WeightsError(f'model: its weights or modules changed {when}, so its scores would be stale; rebuild the '
+                       'index (PairIndex(model, images)) after training')
 
 
 def _check_number(name, v, kind, low, high, what):
@@ -308,22 +338,6 @@ def _check_number(name, v, kind, low, high, what):
     if isinstance(v, bool) or not isinstance(v, kind):
         raise ArgumentTypeError(f'{name}: expected {what}, got {type(v).__name__} {v!r}')
     if not low <= v <= high: raise ArgumentError(f'{name}: expected {what}, got {v!r}')
-
-
-def _read(path):
-    "`(metadata, tensors)` of an index file, or a clear error"
-    from safetensors import safe_open
-    p = Path(os.fspath(path))
-    if not p.is_file(): raise WeightsNotFoundError(f'path: no PairIndex file at {os.fspath(path)!r}')
-    try:
-        with safe_open(os.fspath(p), 'pt') as f:
-            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise WeightsError(f'path: cannot read {os.fspath(path)!r} as a PairIndex file ({type(e).__name__}: {e}); it may '
-                           'be truncated or not an index: save it again') from None
-    if meta.get('format') != FORMAT or 'a' not in tensors:
-        raise WeightsError(f'path: {os.fspath(path)!r} is not a PairIndex file (format {meta.get("format")!r})')
-    return meta, tensors
 
 
 # Sharding across processes (torchrun / torch.distributed): each rank scores a block of rows

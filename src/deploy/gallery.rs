@@ -6,19 +6,15 @@
 //! second), and a pair's logits are the rest of the head on `a[i] + b[j]`. A gallery file is
 //! `PairIndex.save`'s format, so `sr.PairIndex.load(path, sr.load_model(model_file))` reads it.
 use super::model_file::ModelInfo;
-use crate::bail;
 use crate::error::{Error, Result};
 use crate::nn::{Kind as NodeKind, Node};
 use crate::{Model, SiameseModel};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
 
-/// `sr.PairIndex`'s file format, version and the kind of pair stage computed here.
-const FORMAT: &str = "siamese_rs.PairIndex";
-const VERSION: &str = "1";
-const KIND: &str = "kernel";
+use super::gallery_file::{check, checksum_hex, FORMAT, KIND, VERSION};
 
 /// The head of a model split for pairs.
 #[derive(Debug)]
@@ -138,6 +134,7 @@ impl Gallery {
     pub fn save(&self, path: &Path) -> Result<()> {
         let (a, b) = (floats(&self.a)?, floats(&self.b)?);
         let image = serde_json::json!([self.image, "float32"]).to_string();
+        let sums = serde_json::json!({"a": checksum_hex(&a), "b": checksum_hex(&b)}).to_string();
         let files = serde_json::to_string(&self.files).map_err(|e| Error::Value(e.to_string()))?;
         let meta: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
@@ -146,6 +143,7 @@ impl Gallery {
             ("kind", KIND.to_string()),
             ("image", image),
             ("files", files),
+            ("checksums", sums),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -155,66 +153,23 @@ impl Gallery {
             .map_err(|e| Error::Value(format!("cannot write {}: {e:?}", path.display())))
     }
 
-    /// The gallery at `path`, which must have been built with the model of `fingerprint`.
+    /// The gallery at `path`, which must have been built with the model of `fingerprint`:
+    /// every field is checked first (`gallery_file::check`).
     pub fn load(path: &Path, fingerprint: &str) -> Result<Gallery> {
         let bytes = std::fs::read(path)
             .map_err(|e| Error::Value(format!("cannot read gallery {}: {e}", path.display())))?;
-        let bad = |why: String| {
-            Error::Weights(format!("{} is not a gallery file ({why})", path.display()))
-        };
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("{e:?}")))?;
-        let meta = meta.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!("format {:?}", meta.get("format"))));
-        }
-        if meta.get("model").map(String::as_str) != Some(fingerprint) {
-            bail!(
-                Weights,
-                "{} was built with another model (architecture, head or weights differ); build it again with this model",
-                path.display()
-            );
-        }
-        if meta.get("kind").map(String::as_str) != Some(KIND) {
-            return Err(bad(format!(
-                "a {:?} index, not one of per-image encodings",
-                meta.get("kind")
-            )));
-        }
-        let tensors = super::model_file::read_tensors(&bytes).map_err(bad)?;
-        let read = |name: &str| -> Result<Option<Tensor>> {
-            let Some((_, t)) = tensors.iter().find(|(n, _)| n == name) else {
-                return Ok(None);
-            };
-            if t.kind() != Kind::Float || t.dim() != 2 {
-                return Err(bad(format!(
-                    "{name} is {:?} of shape {:?}; the command line reads float32 rows",
-                    t.kind(),
-                    t.size()
-                )));
-            }
-            Ok(Some(t.shallow_clone()))
-        };
-        let Some(a) = read("a")? else {
-            return Err(bad("no tensor \"a\"".into()));
-        };
-        let b = read("b")?.unwrap_or_else(|| a.shallow_clone());
-        let image: (Vec<i64>, String) = meta
-            .get("image")
-            .and_then(|s| serde_json::from_str(s).ok())
-            .ok_or_else(|| bad("no image shape".into()))?;
-        let files: Vec<String> = match meta.get("files") {
-            Some(s) => serde_json::from_str(s).map_err(|e| bad(e.to_string()))?,
-            None => (0..a.size()[0]).map(|i| format!("#{i}")).collect(),
-        };
-        if files.len() as i64 != a.size()[0] || a.size() != b.size() {
-            return Err(bad("its tensors and file list disagree".into()));
-        }
+        let g = check(path, &bytes, fingerprint)?;
+        let rows = |data: &[u8]| Tensor::f_from_data_size(data, &g.shape, Kind::Float);
+        let files = g
+            .files
+            .clone()
+            .unwrap_or_else(|| (0..g.shape[0]).map(|i| format!("#{i}")).collect());
         Ok(Gallery {
             files,
-            a,
-            b,
+            a: rows(g.a)?,
+            b: rows(g.b)?,
             model: fingerprint.to_string(),
-            image: image.0,
+            image: g.image,
         })
     }
 }

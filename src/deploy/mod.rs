@@ -4,6 +4,7 @@
 //! (`gallery`), and file names printed losslessly (`names`).
 pub mod decode;
 pub mod gallery;
+mod gallery_file;
 pub mod images;
 mod jpeg;
 pub mod model_file;

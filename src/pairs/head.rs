@@ -132,24 +132,34 @@ impl PairHead {
     }
 }
 
-/// Sigmoid of `l1 - l0`. Not finite means a logit was infinite or NaN, where PyTorch's softmax
-/// gives NaN, and so do we.
+/// Sigmoid of `l1 - l0`, as PyTorch's softmax of the two logits computes it: `1 / (1 + e^-t)`
+/// when class 1's logit is the larger, else `e^t / (1 + e^t)`, whose `e^t` underflows to
+/// exactly 0 (through subnormals) where PyTorch's does. Not finite means a logit was infinite
+/// or NaN, where PyTorch's softmax gives NaN, and so do we.
 #[inline(always)]
 pub(crate) fn log_odds(t: f32) -> f32 {
+    let e = exp(-t.abs());
+    let p = if t >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    };
     if t.is_finite() {
-        1.0 / (1.0 + exp(-t))
+        p
     } else {
         f32::NAN
     }
 }
 
-/// `e^x` within 2 ulp for finite `x` (Cephes' `expf`), saturating beyond ±88, with only
-/// arithmetic and bit operations so that it vectorises (libm's `expf` is a call per value).
+/// `e^x` within 2 ulp for `x <= 0` (Cephes' `expf`; 1 above), down to subnormal results and exactly 0
+/// below them, with only arithmetic and bit operations so that it vectorises (libm's `expf`
+/// is a call per value).
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
+    // Below -104, e^x is under half the smallest subnormal: it rounds to 0.
+    let x = x.clamp(-104.0, 0.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * LN2_HI - n * LN2_LO;
     // Plain products and sums: `mul_add` is a libm call on targets without FMA.
@@ -159,7 +169,11 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let p = p * r * r + r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n in two normal factors (n reaches -150): the second product rounds once, to a subnormal.
+    let n = n as i32;
+    let (n1, n2) = (n / 2, n - n / 2);
+    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    p * pow2(n1) * pow2(n2)
 }
 
 /// `softmax(z)[1]` as PyTorch computes it (max subtracted), after `SigmoidRange` if any.
@@ -208,6 +222,25 @@ mod tests {
         );
         assert!(PairHead::new(3, true, vec![l], Output::LogOdds).is_err());
         assert!(Layer::new(&[1.0; 5], vec![0.0; 2], 3, false).is_err());
+    }
+
+    #[test]
+    fn log_odds_reach_exact_zero_and_one_as_pytorch() {
+        // PyTorch: e^t / (1 + e^t) for t < 0, subnormal down to t = -103.9, then 0.
+        for t in [-200.0f32, -104.5, -150.0] {
+            assert_eq!(log_odds(t), 0.0, "{t}");
+        }
+        for t in [-100.0f32, -95.0, -88.5, -87.0, -60.0, -20.0] {
+            let want = t.exp() / (1.0 + t.exp());
+            assert!(
+                want > 0.0 && (log_odds(t) - want).abs() <= want * 1e-6,
+                "{t}"
+            );
+        }
+        for t in [17.0f32, 50.0, 88.5, 200.0] {
+            assert_eq!(log_odds(t), 1.0, "{t}");
+        }
+        assert!(log_odds(f32::NEG_INFINITY).is_nan() && log_odds(f32::NAN).is_nan());
     }
 
     #[test]
