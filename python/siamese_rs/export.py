@@ -69,7 +69,8 @@ def load_model(path):
             info = _parse(p, f.metadata() or {})
             body = {k: info[k] for k in ('arch', 'n_in', 'cut')}
             _check_header(p, info, body, {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()})
-            model = _build(body, info['head'])
+            try: model = _build(body, info['head'])
+            except SiameseError as e: raise _cannot_build(p, e) from None
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SiameseError: raise
     except Exception as e:
@@ -89,15 +90,21 @@ def load_model(path):
     return model
 
 
+def _cannot_build(path, e):
+    return WeightsError(f'path: {str(path)!r} describes a model siamese-rs cannot build ({e})')
+
+
 _DTYPES = {'float32': 'F32', 'int64': 'I64'}
 
 
 def _check_header(path, info, body, header):
     "The header's `{key: (dtype, shape)}` against what the document builds (found without allocating it)"
     h = info['head']
-    want = _core.state_shapes(body['arch'], body['n_in'], body['cut'], h['nf'], h['n_out'], h['lin_ftrs'], h['ps'],
-                             h['pool'], h['concat_pool'], h['first_bn'], h['bn_final'], h['lin_first'],
-                             None if h['y_range'] is None else tuple(h['y_range']))
+    try:
+        want = _core.state_shapes(body['arch'], body['n_in'], body['cut'], h['nf'], h['n_out'], h['lin_ftrs'],
+                                  h['ps'], h['pool'], h['concat_pool'], h['first_bn'], h['bn_final'], h['lin_first'],
+                                  None if h['y_range'] is None else tuple(h['y_range']))
+    except SiameseError as e: raise _cannot_build(path, e) from None
     want = {k: (_DTYPES[d], list(s)) for k, d, s in want}
     odd = [f'{k} is missing (the model has {d} {s})' for k, (d, s) in want.items() if k not in header]
     odd += [f'{k} is {header[k][0]} {list(header[k][1])} where the model has {d} {s}' for k, (d, s) in want.items()

@@ -133,8 +133,17 @@ fn state_shapes(
         crate::SiameseModel::state_shapes(arch, n_in, Some(cut), &cfg)
     })
     .py()?;
-    let dtype = |k: tch::Kind| if k == tch::Kind::Int64 { "int64" } else { "float32" };
-    Ok(shapes.into_iter().map(|(k, d, s)| (k, dtype(d), s)).collect())
+    let dtype = |k: tch::Kind| {
+        if k == tch::Kind::Int64 {
+            "int64"
+        } else {
+            "float32"
+        }
+    };
+    Ok(shapes
+        .into_iter()
+        .map(|(k, d, s)| (k, dtype(d), s))
+        .collect())
 }
 
 /// A first conv for `n_in` channels shaped like the given one (fastai's `_update_first_layer`).

@@ -206,7 +206,7 @@ fn read_info(bytes: &[u8], path: &Path) -> Result<(ModelInfo, Header)> {
     {
         bail!(
             Weights,
-            "{} is a model file of format version {}, this siamese-rs reads version {FORMAT_VERSION}; \
+            "{} is a model file of format version {} (metadata field format_version), this siamese-rs reads version {FORMAT_VERSION}; \
              export the model again with this release",
             path.display(),
             shown(version)
