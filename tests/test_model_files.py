@@ -53,7 +53,12 @@ def edited(doc, path, value):
     return doc
 
 
-DELETE = object()
+class _Delete:
+    "A field to remove"
+    def __repr__(self): return 'DELETE'
+
+
+DELETE = _Delete()
 
 # (field path, value, what the error names): documents that must be refused
 BAD_FIELDS = [
@@ -125,8 +130,8 @@ def _peak_rss_of_loading(path):
 
 
 def test_a_huge_n_in_is_refused_before_allocating(good, tmp_path):
-    "n_in 120000 would be a 1.5 GB first conv: the header is compared first, so nothing near that is allocated"
-    f = _bad_doc(good, tmp_path, ('n_in',), 120000)
+    "n_in 2,000,000 would be a 4.6 GB first conv: the header is compared first, so nothing near that is allocated"
+    f = _bad_doc(good, tmp_path, ('n_in',), 2_000_000)
     assert _peak_rss_of_loading(f) < 300
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
 
