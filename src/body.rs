@@ -71,6 +71,27 @@ pub fn create_body(arch: &str, n_in: i64, cut: Option<i64>) -> Result<Node> {
     Ok(Node::seq(children.map(|(_, c)| c).collect()))
 }
 
+/// What fastai's `create_body(model, cut=None)` cuts at (Python's `create_body` too, and so a
+/// model file's `"cut": null`): the last child of the arch's model with a pooling layer in it
+/// (a class named `...Pool1d/2d/3d`). Not the arch table's cut, which `create_learner` uses.
+pub fn pool_cut(arch: &str) -> Result<i64> {
+    fn has_pool(n: &Node) -> bool {
+        let name = n.kind.name();
+        ["Pool1d", "Pool2d", "Pool3d"]
+            .iter()
+            .any(|p| name.ends_with(p))
+            || n.children.iter().any(|(_, c)| has_pool(c))
+    }
+    let model = crate::nn::init::shapes_only(|| crate::arch::find(arch)?.build())?;
+    match model.children.iter().rposition(|(_, c)| has_pool(c)) {
+        Some(i) => Ok(i as i64),
+        None => bail!(
+            Value,
+            "create_body: cut=None needs a child of {arch} with a pooling layer; pass cut"
+        ),
+    }
+}
+
 /// fastai's `_update_first_layer`: the module holding the first parameter must be a 3-channel
 /// Conv2d; it becomes a fresh one for `n_in` channels with the same settings.
 fn replace_first_conv(model: &mut Node, n_in: i64) -> Result<()> {

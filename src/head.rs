@@ -40,7 +40,7 @@ const FASTAI_BN: BnCfg = BnCfg { bias: 1e-3, ..BN };
 
 /// Largest `nf`, `n_out` or `lin_ftrs` entry: far above any real head, and small enough that
 /// doubling `nf` for concat pooling cannot overflow.
-const MAX_FEATURES: i64 = 1 << 31;
+pub const MAX_FEATURES: i64 = 1 << 31;
 
 /// The arguments of `create_head`, with fastai's defaults in `new`. A model file's `"head"` (written by
 /// `sr.export_model`) deserialises into it (the `cli` feature).
@@ -118,6 +118,15 @@ impl HeadConfig {
             bail!(
                 Value,
                 "create_head: dropout probabilities in ps must be between 0 and 1, got {p}"
+            );
+        }
+        if let Some((low, high)) = self
+            .y_range
+            .filter(|(l, h)| !l.is_finite() || !h.is_finite())
+        {
+            bail!(
+                Value,
+                "create_head: y_range must be two finite numbers, got ({low}, {high})"
             );
         }
         Ok(())

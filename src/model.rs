@@ -170,6 +170,26 @@ impl SiameseModel {
         }
     }
 
+    /// The `state_dict` keys, dtypes and shapes of `SiameseModel::new(create_body(arch, n_in, cut),
+    /// create_head(head))`, found without allocating the tensors or drawing from the generator:
+    /// what a file's header is compared with before a model of untrusted sizes is built.
+    pub fn state_shapes(
+        arch: &str,
+        n_in: i64,
+        cut: Option<i64>,
+        head: &crate::HeadConfig,
+    ) -> Result<Vec<(String, tch::Kind, Vec<i64>)>> {
+        let model = crate::nn::init::shapes_only(|| {
+            let body = crate::create_body(arch, n_in, cut)?;
+            Ok(SiameseModel::new(body, crate::create_head(head)?))
+        })?;
+        let state = model.state_dict();
+        Ok(state
+            .into_iter()
+            .map(|(k, t)| (k, t.kind(), t.size()))
+            .collect())
+    }
+
     /// The logits for the pairs `(x1[i], x2[i])`, in training or eval mode.
     pub fn forward_t(&self, x1: &Tensor, x2: &Tensor, train: bool) -> Result<Tensor> {
         self.model

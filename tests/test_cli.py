@@ -161,7 +161,7 @@ def test_bad_input_is_a_clear_message_and_an_exit_status(trained, tmp_path):
     save_file(tensors, tmp_path / 'v99.safetensors', metadata={METADATA_KEY: json.dumps(info)})
     fails('score', tmp_path / 'v99.safetensors', files[0], files[1], match='format version 99')
     # a document the transforms cannot honour: an error, not a crash
-    for key, value, match in [('stats', {'mean': [0.5], 'std': [0.2]}, 'stats:'),
+    for key, value, match in [('stats', {'mean': [0.5], 'std': [0.2]}, 'stats.mean'),
                               ('input', {'size': [0, 32], 'method': 'crop', 'pad_mode': 'zeros'}, 'input.size')]:
         bad = {**json.loads(meta[METADATA_KEY]), key: value}
         save_file(tensors, tmp_path / 'bad.safetensors', metadata={METADATA_KEY: json.dumps(bad)})

@@ -386,7 +386,7 @@ def test_wrong_format_version_and_format(tmp_path):
     with pytest.raises(sr.WeightsError, match="metadata field arch must be one of resnet18, .*, got 'resnet9'"):
         sr.load_model(bad_arch)
     bad_head = rewrite_metadata(path, tmp_path / 'h.safetensors', lambda i: i['head'].update(ps='half'))
-    with pytest.raises(sr.WeightsError, match='describes a model siamese-rs cannot build .*ps must be a float'):
+    with pytest.raises(sr.WeightsError, match="field head.ps must be a list of 1 to 1024 dropout probabilities, got 'half'"):
         sr.load_model(bad_head)
     other_model = rewrite_metadata(path, tmp_path / 'o.safetensors', lambda i: i.update(arch='resnet34'))
     with pytest.raises(sr.WeightsError, match=r'do not fit the model its metadata describes \(sr.create_body\(sr.resnet34'):

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import _core, _model_doc
 from . import learner as _learner
 from . import models as _models
 from ._engine import _MISSING, RustModule, settings_of
@@ -25,7 +26,7 @@ __all__ = ['export_model', 'load_model']
 FORMAT = 'siamese-rs model'
 FORMAT_VERSION = 1
 METADATA_KEY = 'siamese_rs'
-HEAD_ARGS = ('nf', 'n_out', 'lin_ftrs', 'ps', 'pool', 'concat_pool', 'first_bn', 'bn_final', 'lin_first', 'y_range')
+HEAD_ARGS = _model_doc.HEAD_FIELDS
 
 
 def export_model(learn_or_model, path):
@@ -58,20 +59,61 @@ def export_model(learn_or_model, path):
 def load_model(path):
     """The SiameseModel stored at `path` by `export_model`, built by `create_body` / `create_head` (no download)
     with the file's weights, in eval mode; its metadata (the JSON document, parsed) is `model.export_info`.
-    Only safetensors is read: no pickled code runs."""
-    path, info, tensors = _read(path)
-    body = {k: info[k] for k in ('arch', 'n_in', 'cut')}
-    try: model = _build(body, info['head'])
-    except SiameseError as e:
-        raise WeightsError(f'path: {str(path)!r} describes a model siamese-rs cannot build ({e})') from None
+    Only safetensors is read: no pickled code runs. Every field of the document is checked and the header's
+    tensors are compared with the shapes the document implies before anything is built; a file whose weights are
+    not the ones it was exported with (its recorded fingerprint differs) is refused."""
+    from safetensors import safe_open
+    p = _in_path(path)
+    try:
+        with safe_open(str(p), 'pt') as f:  # the header (offsets, dtypes, shapes, length) is checked on opening
+            info = _parse(p, f.metadata() or {})
+            body = {k: info[k] for k in ('arch', 'n_in', 'cut')}
+            _check_header(p, info, body, {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()})
+            try: model = _build(body, info['head'])
+            except SiameseError as e: raise _cannot_build(p, e) from None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SiameseError: raise
+    except Exception as e:
+        raise WeightsError(f'path: cannot read {str(p)!r} as a safetensors file ({type(e).__name__}: {e}); load_model '
+                           'reads the files sr.export_model writes, and never unpickles') from None
     from .weights import load_weights
     try: load_weights(model, tensors, strict=True)
     except WeightsError as e:
-        raise WeightsError(f'path: the weights in {str(path)!r} do not fit the model its metadata describes '
+        raise WeightsError(f'path: the weights in {str(p)!r} do not fit the model its metadata describes '
                            f'({_describe(body)}): {e}') from None
+    from .index import fingerprint
+    if fingerprint(model) != info['fingerprint']:
+        raise WeightsError(f'path: the weights in {str(p)!r} are not the ones it was exported with (their fingerprint '
+                           f'is {fingerprint(model)}, the file records {info["fingerprint"]}); export the model again')
     model.eval()
     model.export_info = info
     return model
+
+
+def _cannot_build(path, e):
+    return WeightsError(f'path: {str(path)!r} describes a model siamese-rs cannot build ({e})')
+
+
+_DTYPES = {'float32': 'F32', 'int64': 'I64'}
+
+
+def _check_header(path, info, body, header):
+    "The header's `{key: (dtype, shape)}` against what the document builds (found without allocating it)"
+    h = info['head']
+    try:
+        want = _core.state_shapes(body['arch'], body['n_in'], body['cut'], h['nf'], h['n_out'], h['lin_ftrs'],
+                                  h['ps'], h['pool'], h['concat_pool'], h['first_bn'], h['bn_final'], h['lin_first'],
+                                  None if h['y_range'] is None else tuple(h['y_range']))
+    except SiameseError as e: raise _cannot_build(path, e) from None
+    want = {k: (_DTYPES[d], list(s)) for k, d, s in want}
+    odd = [f'{k} is missing (the model has {d} {s})' for k, (d, s) in want.items() if k not in header]
+    odd += [f'{k} is {header[k][0]} {list(header[k][1])} where the model has {d} {s}' for k, (d, s) in want.items()
+            if k in header and (header[k][0], list(header[k][1])) != (d, s)]
+    odd += [f'{k} is not a tensor of the model' for k in header if k not in want]
+    if odd:
+        more = f' (and {len(odd) - 4} more)' if len(odd) > 4 else ''
+        raise WeightsError(f'path: the weights in {str(path)!r} do not fit the model its metadata describes '
+                           f'({_describe(body)}): {"; ".join(odd[:4])}{more}')
 
 
 # What the model is
@@ -295,53 +337,31 @@ def _write(path, tensors, metadata):
         if tmp.exists(): tmp.unlink()
 
 
-def _read(path):
-    "`(path, metadata document, tensors)` of a model file, or a clear error (a pickle is never unpickled)"
-    from safetensors import safe_open
+def _in_path(path):
     try: p = Path(os.fspath(path))
     except TypeError:
         raise ArgumentTypeError(f'path: expected a file path (str or os.PathLike), got {type(path).__name__}') from None
     if not p.is_file(): raise WeightsNotFoundError(f'path: no model file at {str(p)!r}')
-    try:
-        with safe_open(str(p), 'pt') as f:
-            info = _parse(p, f.metadata() or {})  # before reading any tensor
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except WeightsError: raise
-    except Exception as e:
-        raise WeightsError(f'path: cannot read {str(p)!r} as a safetensors file ({type(e).__name__}: {e}); load_model '
-                           'reads the files sr.export_model writes, and never unpickles') from None
-    return p, info, tensors
+    return p
 
 
 def _parse(path, meta):
-    "The metadata document, checked: format, version and the fields that build the model"
+    "The metadata document, checked field by field (`_model_doc`)"
     raw = meta.get(METADATA_KEY)
     if raw is None:
         raise WeightsError(f'path: {str(path)!r} has no {METADATA_KEY!r} metadata, so it is not a model file of '
                            f'sr.export_model (metadata keys: {sorted(meta)}); for a bare state dict use sr.load_weights')
-    try: info = json.loads(raw)
+    try: info = _model_doc.parse(raw)
     except ValueError as e:
         raise WeightsError(f'path: the {METADATA_KEY!r} metadata of {str(path)!r} is not JSON ({e})') from None
     if not isinstance(info, dict) or info.get('format') != FORMAT:
         found = info.get('format') if isinstance(info, dict) else type(info).__name__
         raise WeightsError(f'path: {str(path)!r} is not a {FORMAT} file (format {found!r})')
     version = info.get('format_version')
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         from . import __version__
-        newer = isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION
+        newer = type(version) is int and version > FORMAT_VERSION
         raise WeightsError(f'path: {str(path)!r} is format_version {version!r}; siamese-rs {__version__} reads '
                            f'format_version {FORMAT_VERSION}' + ('; upgrade siamese-rs to load it' if newer else ''))
-
-    def bad(field, what):
-        return WeightsError(f'path: {str(path)!r}: metadata field {field} must be {what}, got {_get(info, field)!r}')
-    if info.get('arch') not in _models.ARCHS: raise bad('arch', f'one of {", ".join(_models.ARCHS)}')
-    if not _is_int(info.get('n_in')) or info['n_in'] < 1: raise bad('n_in', 'a positive int')
-    if info.get('cut') is not None and not _is_int(info.get('cut')): raise bad('cut', 'an int or null')
-    head = info.get('head')
-    if not isinstance(head, dict) or set(head) != set(HEAD_ARGS):
-        raise bad('head', f'an object with the keys {", ".join(HEAD_ARGS)}')
+    _model_doc.check(path, info, _models.ARCHS)
     return info
-
-
-def _get(info, field): return info.get(field, '(missing)') if isinstance(info, dict) else None
-def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)

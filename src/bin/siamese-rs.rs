@@ -30,6 +30,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a model file and print its document, with the fingerprint of its weights.
+    Info { model: PathBuf },
     /// Galleries of encoded images (`sr.PairIndex`'s file format).
     Index {
         #[command(subcommand)]
@@ -96,6 +98,13 @@ fn run(command: Command) -> Result<()> {
     let _guard = tch::no_grad_guard();
     match command {
         Command::Score { model, a, b, json } => score(&model, &a, &b, json),
+        Command::Info { model } => {
+            let file = ModelFile::load(&model)?;
+            let doc = serde_json::json!({"model": model, "arch": file.info.arch, "n_in": file.info.n_in,
+                "fingerprint": file.fingerprint, "labels": file.info.labels});
+            println!("{doc}");
+            Ok(())
+        }
         Command::Index { command } => match command {
             IndexCommand::Build {
                 model,
@@ -251,12 +260,9 @@ fn encode_files(
     Ok((Tensor::f_cat(&a, 0)?, Tensor::f_cat(&b, 0)?, shape))
 }
 
+/// The fingerprint of the weights loaded (never the file's word for it).
 fn fingerprint(file: &ModelFile) -> Result<String> {
-    file.info.fingerprint.clone().ok_or_else(|| {
-        Error::Weights(
-            "the model file has no fingerprint; export it again with this release".into(),
-        )
-    })
+    Ok(file.fingerprint.clone())
 }
 
 fn build(model: &Path, inputs: &[PathBuf], output: &Path, bs: usize) -> Result<()> {

@@ -96,6 +96,56 @@ fn create_head(
     node_to_py(py, no_panic(|| crate::head::create_head(&cfg)).py()?)
 }
 
+/// `[(key, dtype, shape)]` of the `state_dict` of `SiameseModel(create_body(arch, n_in, cut),
+/// create_head(...))`, without allocating its tensors (`cut` None: fastai's pooling rule). What
+/// `load_model` compares a file's header with before building anything.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn state_shapes(
+    arch: &str,
+    n_in: i64,
+    cut: Option<i64>,
+    nf: i64,
+    n_out: i64,
+    lin_ftrs: Option<Vec<i64>>,
+    ps: Vec<f64>,
+    pool: bool,
+    concat_pool: bool,
+    first_bn: bool,
+    bn_final: bool,
+    lin_first: bool,
+    y_range: Option<(f64, f64)>,
+) -> PyResult<Vec<(String, &'static str, Vec<i64>)>> {
+    let cfg = HeadConfig {
+        nf,
+        n_out,
+        lin_ftrs,
+        ps,
+        pool,
+        concat_pool,
+        first_bn,
+        bn_final,
+        lin_first,
+        y_range,
+    };
+    let shapes = no_panic(|| {
+        let cut = cut.map_or_else(|| crate::body::pool_cut(arch), Ok)?;
+        crate::SiameseModel::state_shapes(arch, n_in, Some(cut), &cfg)
+    })
+    .py()?;
+    let dtype = |k: tch::Kind| {
+        if k == tch::Kind::Int64 {
+            "int64"
+        } else {
+            "float32"
+        }
+    };
+    Ok(shapes
+        .into_iter()
+        .map(|(k, d, s)| (k, dtype(d), s))
+        .collect())
+}
+
 /// A first conv for `n_in` channels shaped like the given one (fastai's `_update_first_layer`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
@@ -189,6 +239,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(archs, m)?)?;
     m.add_function(wrap_pyfunction!(build_arch, m)?)?;
     m.add_function(wrap_pyfunction!(create_head, m)?)?;
+    m.add_function(wrap_pyfunction!(state_shapes, m)?)?;
     m.add_function(wrap_pyfunction!(first_conv, m)?)?;
     m.add_function(wrap_pyfunction!(sample_digest, m)?)?;
     m.add_class::<PyGraph>()?;

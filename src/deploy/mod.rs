@@ -1,8 +1,11 @@
 //! Deploying without Python (the `cli` feature): the model file `sr.export_model` writes
 //! (`model_file`), image files read as PIL reads them (`decode`, `jpeg`, `pil`), fastai's validation
 //! transforms on them (`images`), galleries of encoded images that `sr.PairIndex.load` reads too
-//! (`gallery`), and file names printed losslessly (`names`).
+//! (`gallery`), file names printed losslessly (`names`), the model document's checks (`document`) and
+//! the model's fingerprint computed from its weights (`fingerprint`).
 pub mod decode;
+pub mod document;
+pub mod fingerprint;
 pub mod gallery;
 mod gallery_file;
 pub mod images;

@@ -18,20 +18,73 @@ pub enum Init {
     Normal(f64),
 }
 
+/// Most elements one tensor of a layer may hold (8 GiB of float32): sizes beyond it are refused
+/// before libtorch is asked for the memory, so absurd sizes are an error and not an abort.
+pub const MAX_ELEMENTS: i64 = 1 << 31;
+
+thread_local! {
+    /// Set while `shapes_only` runs: tensors are zero-strided views of one element, not drawn.
+    static SHAPES_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `build` with every layer's tensors as one-element views of their shape, nothing drawn
+/// from the generator: what a model's `state_dict` shapes would be, at no memory cost.
+pub fn shapes_only<T>(build: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = SHAPES_ONLY.with(|s| s.replace(true));
+    let out = build();
+    SHAPES_ONLY.with(|s| s.set(before));
+    out
+}
+
+fn is_shapes_only() -> bool {
+    SHAPES_ONLY.with(|s| s.get())
+}
+
+/// `shape`, checked: sizes not negative, at most `MAX_ELEMENTS` elements in all.
+fn checked(shape: &[i64]) -> Result<()> {
+    if let Some(n) = shape.iter().find(|n| **n < 0) {
+        crate::bail!(Value, "a layer size must not be negative, got {n}");
+    }
+    let n = shape.iter().try_fold(1i64, |a, b| a.checked_mul(*b));
+    if n.is_none_or(|n| n > MAX_ELEMENTS) {
+        crate::bail!(
+            Value,
+            "a layer of shape {shape:?} would hold more than {MAX_ELEMENTS} values"
+        );
+    }
+    Ok(())
+}
+
 fn empty(shape: &[i64]) -> Result<Tensor> {
+    checked(shape)?;
+    if is_shapes_only() {
+        return Ok(Tensor::f_zeros([], (DType::Float, Device::Cpu))?.f_expand(shape, false)?);
+    }
     Ok(Tensor::f_empty(shape, (DType::Float, Device::Cpu))?)
 }
 
 fn uniform(shape: &[i64], bound: f64) -> Result<Tensor> {
+    if is_shapes_only() {
+        return empty(shape);
+    }
     Ok(empty(shape)?.f_uniform_(-bound, bound)?)
 }
 
-fn filled(shape: &[i64], v: f64) -> Result<Tensor> {
-    // tch's `f_full` panics (in its scalar's drop) instead of returning libtorch's error.
-    if let Some(n) = shape.iter().find(|n| **n < 0) {
-        crate::bail!(Value, "a layer size must not be negative, got {n}");
+fn normal(shape: &[i64], std: f64) -> Result<Tensor> {
+    if is_shapes_only() {
+        return empty(shape);
     }
-    Ok(Tensor::f_full(shape, v, (DType::Float, Device::Cpu))?)
+    Ok(empty(shape)?.f_normal_(0.0, std)?)
+}
+
+fn filled(shape: &[i64], v: f64) -> Result<Tensor> {
+    // Not tch's `f_full`: it panics (in its scalar's drop) instead of returning libtorch's error.
+    if is_shapes_only() {
+        return empty(shape);
+    }
+    let mut t = empty(shape)?;
+    let _ = t.f_fill_(v)?;
+    Ok(t)
 }
 
 /// Weight and optional bias of a layer with `fan_in`/`fan_out` (weights, counted as PyTorch does).
@@ -42,10 +95,10 @@ fn weight_and_bias(shape: &[i64], bias: bool, init: Init) -> Result<(Tensor, Opt
         Init::Default => uniform(shape, 1.0 / (fan_in as f64).sqrt())?,
         Init::KaimingNormal { fan_out: fo } => {
             let fan = if fo { fan_out } else { fan_in };
-            empty(shape)?.f_normal_(0.0, (2.0 / fan as f64).sqrt())?
+            normal(shape, (2.0 / fan as f64).sqrt())?
         }
         Init::KaimingUniform => uniform(shape, (6.0 / fan_in as f64).sqrt())?,
-        Init::Normal(std) => empty(shape)?.f_normal_(0.0, std)?,
+        Init::Normal(std) => normal(shape, std)?,
     };
     let b = match (bias, init) {
         (false, _) => None,
