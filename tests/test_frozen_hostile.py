@@ -103,7 +103,7 @@ def test_batchnorm_on_batch_statistics_is_per_side(how, n, dtype):
     frozen = sr.freeze(ours, dtype=dtype)
     got = frozen(x1, x2)
     with torch.no_grad(): each = frozen.head(torch.cat([frozen.encoder(x1), frozen.encoder(x2)], dim=1))
-    assert rel(got, each) < 1e-6  # each side encoded as if alone
+    assert rel(got, each) < 1e-5  # each side encoded as if alone
     if dtype == torch.float32:  # (bfloat16's rounding grows through statistics of a few values)
         assert rel(got, want(ref, x1, x2)) < 1e-4 and rel(frozen.encoder(x2), want(ref.encoder, x2)) < 1e-4
 
