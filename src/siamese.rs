@@ -131,4 +131,19 @@ mod tests {
             assert!((&enc - &want).abs().max().double_value(&[]) < 1e-5);
         }
     }
+
+    /// An empty batch never reaches oneDNN: the encoder answers an empty batch of features as
+    /// PyTorch does, and the head refuses it as fastai's does (its Flatten views `(0, -1)`).
+    #[test]
+    fn an_empty_batch_answers_as_pytorch() {
+        let body = create_body("resnet18", 3, None).unwrap();
+        let model = SiameseModel::new(body, create_head(&HeadConfig::new(1024, 2)).unwrap());
+        let x = Tensor::randn([0, 3, 64, 64], (DType::Float, Device::Cpu));
+        let want = testing::reference(&model.node().children[0].1, &x, false);
+        assert_eq!(model.encode(&x).unwrap().size(), want.size());
+        let err = model.forward_t(&x, &x, false).unwrap_err().to_string();
+        assert!(err.contains("cannot reshape tensor of 0 elements"), "{err}");
+        let x1 = Tensor::randn([2, 3, 64, 64], (DType::Float, Device::Cpu));
+        assert_eq!(model.forward_t(&x1, &x1, false).unwrap().size(), [2, 2]);
+    }
 }

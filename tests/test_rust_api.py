@@ -89,3 +89,18 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         native.load_safetensors(tmp_path / 'junk.safetensors')
     with pytest.raises(sr.exceptions.ShapeError):
         native.forward(torch.randn(2, 3, 64, 64), torch.randn(3, 3, 64, 64))
+
+
+def test_an_empty_batch_answers_as_pytorch(tmp_path):
+    "The encoder answers an empty batch; fastai's head refuses one (its Flatten views (0, -1)), as ours does"
+    model, nf = _trained('resnet18', 3, None, 64)
+    save_file(model.state_dict(), tmp_path / 'm.safetensors')
+    native = _core.NativeSiameseModel('resnet18', 3, None, nf, 2, lin_ftrs=[64], ps=[0.3, 0.2], bn_final=True)
+    native.load_safetensors(tmp_path / 'm.safetensors')
+    x = torch.randn(0, 3, 64, 64)
+    with torch.no_grad():
+        assert native.encode(x).shape == model.encoder(x).shape
+        with pytest.raises(RuntimeError) as want: model(x, x)
+    with pytest.raises(sr.SiameseError, match=str(want.value).split('\n')[0][:40]): native.forward(x, x)
+    x1 = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(): torch.testing.assert_close(native.forward(x1, x1), model(x1, x1), rtol=1e-5, atol=1e-5)

@@ -28,8 +28,8 @@ _GRAPHS = {}
 _MAX_GRAPHS = 256
 _MISSING = object()
 # How many times a module of ours had an attribute set or deleted, a hook added or its tensors converted
-# (`.to()`), or any module registered a parameter, buffer or child: a frozen model walks its source's tree
-# again, and plans its own again, only when this moved (`_watch.py`, `frozen.py`).
+# (`.to()`), or any module registered a parameter, buffer or child: a frozen model plans its own copies
+# again only when this moved (`frozen.py`).
 _GENERATION = [0]
 
 

@@ -1,16 +1,16 @@
 """What a derived object's numbers depend on: a model's modules, settings, tensors and their values.
 
-`PairIndex` and `freeze` keep numbers computed from a model; `Watch(model).changed()` says when the model
-has moved on since (training went on, weights were loaded, a module was replaced or a setting changed), so
-that they never answer with stale numbers. Values are compared, not only version counters: fastai's
-optimisers write through `p.data`, which leaves those alone. `every_value=True` checksums every byte (a
-`PairIndex`: ~11 ms for resnet34's 89 MB); otherwise a digest of each small tensor whole and of 1,024 values
-of each large one is compared (a frozen model, which checks on every call: well under a millisecond). A model
-may name more tensors it depends on with `_sr_watched()` (a frozen model names its source's)."""
+`PairIndex` keeps numbers computed from a model; `Watch(model).changed()` says when the model has moved on
+since (training went on, weights were loaded, a module was replaced or a setting changed), so that it never
+answers with stale numbers. Values are compared, not only version counters: fastai's optimisers write through
+`p.data`, which leaves those alone. `every_value=True` checksums every byte (a `PairIndex`: ~11 ms for
+resnet34's 89 MB); otherwise a digest of each small tensor whole and of 1,024 values of each large one is
+compared, which misses an edit outside that sample. A model may name more tensors it depends on with
+`_sr_watched()`. (`freeze` does not watch: a frozen model is a snapshot until `refresh()`.)"""
 import torch
 
 from . import _core
-from ._engine import _MISSING, RustModule, generation
+from ._engine import _MISSING, RustModule
 
 __all__ = ['Watch', 'watched_tensors']
 
@@ -51,18 +51,11 @@ def _checksums(ts):
 
 
 class Watch:
-    """A snapshot of `model` that `changed()` compares with the model as it is now.
-
-    `fast=True` (a frozen model, which checks on every call) walks the tree again only when some module
-    changed since (`_engine.generation()`: an attribute of one of ours set or deleted, any registration);
-    otherwise it compares the snapshot's tensors alone. That holds for trees of our modules whose settings
-    are all cached; any other tree is walked on every call."""
-    def __init__(self, model, every_value=False, fast=False):
+    "A snapshot of `model` that `changed()` compares with the model as it is now (its whole tree, every call)"
+    def __init__(self, model, every_value=False):
         self.model, self.every_value = model, every_value
-        self.gen = generation()
-        self.mods, self.tensors = _walk(model)
-        self.fast = fast and all(isinstance(m, RustModule) and '_sr_key' in m.__dict__ for m in model.modules())
-        self.state = self._tensor_state(self.tensors)
+        self.mods, tensors = _walk(model)
+        self.state = self._tensor_state(tensors)
 
     def _tensor_state(self, ts):
         key = tuple((id(t), 0 if t.is_mkldnn else t.data_ptr(), t._version, t.shape, t.dtype) for t in ts)
@@ -71,8 +64,5 @@ class Watch:
 
     def changed(self):
         "Whether the model's modules, settings, tensors or values differ from the snapshot"
-        if self.fast and generation() == self.gen: return self._tensor_state(self.tensors) != self.state
-        gen, (mods, ts) = generation(), _walk(self.model)
-        if mods != self.mods or self._tensor_state(ts) != self.state: return True
-        self.gen = gen  # the tree moved and came back as it was
-        return False
+        mods, ts = _walk(self.model)
+        return mods != self.mods or self._tensor_state(ts) != self.state

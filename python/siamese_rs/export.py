@@ -123,7 +123,7 @@ def _source(obj):
     if isinstance(obj, nn.Module): model, dls = obj, None
     elif hasattr(obj, 'model'): model, dls = obj.model, getattr(obj, 'dls', None)  # a Learner
     else: model, dls = obj, None
-    if isinstance(model, FrozenModel): model = model.source
+    if isinstance(model, FrozenModel): model = model.snapshot  # the state it answers with
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f'export_model: expected a Learner, a SiameseModel or a frozen model (sr.freeze), '

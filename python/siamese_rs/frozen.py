@@ -7,9 +7,10 @@ layout as the exact model does. With `dtype=torch.bfloat16` the encoder computes
 convolution weights prepacked once (the head stays float32). It computes what `model.eval()` computes, within
 rounding: folding moves float32 features by about 1e-6 relative.
 
-The copy watches its source: when the source's weights, buffers, modules or settings change (training goes
-on, weights are loaded), the next call folds and packs them again, so a frozen model never answers with
-stale weights."""
+The copy is a snapshot, as `torch.jit.freeze`'s is: it answers with the weights, buffers, modules and settings
+its source had when it was frozen (or last `refresh()`ed, or given `load_state_dict`), never re-reading the
+source on its own, so no edit of the source can be half-seen. A source with forward hooks is refused (the
+copy could not run them as the source does)."""
 import copy
 import re
 import warnings
@@ -21,7 +22,7 @@ from torch.nn.utils import parametrize
 
 from . import layers
 from ._engine import KIND_CHILDREN, KIND_TENSORS, RustModule, _attr, _global_hooks, _plan, generation, pure_torch
-from ._watch import Watch, watched_tensors
+from ._watch import _checksums, watched_tensors
 from .exceptions import ArgumentError, ArgumentTypeError, DeviceError, DTypeError, ShapeError
 
 __all__ = ['freeze', 'FrozenModel', 'native_bfloat16']
@@ -63,51 +64,64 @@ def freeze(model, dtype=torch.float32):
 
 
 class FrozenModel(nn.Module):
-    "What `freeze` returns: `forward(x1, x2)` of a SiameseModel (or `forward(x)` of a body), for inference only"
-    def __init__(self, source, dtype):
+    """What `freeze` returns: `forward(x1, x2)` of a SiameseModel (or `forward(x)` of a body), for inference only.
+
+    A snapshot: it answers with the state its source (`frozen.source`) had when frozen, or at the last
+    `refresh()` or `load_state_dict`, whatever happens to the source since; `state_dict()`, copies, pickles
+    and `sr.export_model` carry that state."""
+    def __init__(self, source, dtype, snapshot=None):
         super().__init__()
         self.__dict__['source'] = source  # not a child: its parameters are not the frozen model's
         self.dtype, self.siamese = dtype, hasattr(source, 'encoder') and hasattr(source, 'head')
         self.encoder = _FrozenEncoder(self)
         self.head = None
-        self.refresh()
+        if snapshot is None: self.refresh()
+        else: self._take(snapshot)
         self.train(False)
 
     def refresh(self):
-        "Fold and pack the source's current weights (done by every call when they changed)"
-        src = self.source
-        self.encoder.body = _fold_and_pack(src.encoder if self.siamese else src, self.dtype)
-        if self.siamese: self.head = _copy(src.head).eval()
-        self._watch = Watch(src, fast=True)
+        """Take the source's current state and fold and pack it again (the only time a frozen model reads
+        its source); a source with forward hooks is refused, and this model is left as it was"""
+        self._take(_snapshot(self.source))
 
-    def _sr_watched(self):
-        "The source's tensors: a PairIndex of this model must notice the source changing, too"
-        return watched_tensors(self.source)
+    def _take(self, snap):
+        "Answer with `snap`, a private copy of the source: fold and pack it"
+        with torch.no_grad(), torch.inference_mode(False):  # copies that a PairIndex can watch
+            body = _fold_and_pack(snap.encoder if self.siamese else snap, self.dtype)
+            head = _copy(snap.head).eval() if self.siamese else None
+        self.__dict__['_snapshot'] = snap
+        self.encoder.body, self.encoder.per_side = body, _batch_dependent(body)
+        if self.siamese: self.head = head
 
-    def _fresh(self):
-        if self._watch.changed(): self.refresh()
+    @property
+    def snapshot(self):
+        "The source as this model answers it: a private copy taken by `freeze`, `refresh()` or `load_state_dict`"
+        return self._snapshot
 
     def train(self, mode=True):
         if mode:
             raise ArgumentError('mode: a frozen model is for inference only; train the source model (frozen.source) '
-                                'and call the frozen one again, which folds the new weights')
+                                'and call frozen.refresh() to fold the new weights')
         return super().train(False)
 
     def extra_repr(self): return f'dtype={str(self.dtype).removeprefix("torch.")}'
 
-    # Its state is its source's: prepacked weights are a cache, so saving, copying and pickling go through
-    # the source (fastai's state_dict keys), and loading refolds.
-    def state_dict(self, *args, **kwargs): return self.source.state_dict(*args, **kwargs)
+    # Its state is the snapshot's (fastai's state_dict keys): prepacked weights are a cache, so saving,
+    # copying and pickling go through the snapshot, and loading refolds.
+    def state_dict(self, *args, **kwargs):
+        out = self._snapshot.state_dict(*args, **kwargs)
+        for k, v in out.items(): out[k] = v.detach().clone()  # edits of it must not reach the snapshot
+        return out
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
+        "Load into the source, and refresh"
         out = self.source.load_state_dict(state_dict, strict=strict, assign=assign)
         self.refresh()
         return out
 
-    def __reduce__(self): return FrozenModel, (self.source, self.dtype)
+    def __reduce__(self): return FrozenModel, (self.source, self.dtype, self._snapshot)
 
     def forward(self, x1, x2=None):
-        self._fresh()
         if not self.siamese:
             if x2 is not None: raise ArgumentTypeError('forward: a frozen body takes one input (x), got two')
             _check_input(x1, 'x', self.encoder.body)
@@ -117,11 +131,42 @@ class FrozenModel(nn.Module):
         if x1.shape != x2.shape:
             raise ShapeError(f'forward: x1 and x2 must have the same shape (batch, channels, height, width); '
                              f'got x1 {tuple(x1.shape)} and x2 {tuple(x2.shape)}')
-        # Both sides in one encoder call: in eval the batch does not change the result, and the core runs a
-        # large batch in cache-sized chunks.
-        b = len(x1)
-        f = self.encoder.run(torch.cat([x1, x2]))
-        with torch.no_grad(): return self.head(torch.cat([f[:b], f[b:]], dim=1))
+        run, b = self.encoder.run, len(x1)
+        if self.encoder.per_side: f = torch.cat([run(x1), run(x2)], dim=1)  # batch statistics of each side
+        else:  # one encoder call: the batch does not change the result, and the core chunks a large batch
+            f = run(torch.cat([x1, x2]))
+            f = torch.cat([f[:b], f[b:]], dim=1)
+        with torch.no_grad(): return self.head(f)
+
+
+def _snapshot(source):
+    """A private copy of `source` as it is now, checked byte for byte against it (a copy taken while another
+    thread edits the source is taken again); hooks are refused first"""
+    _check_hooks(source)
+    with torch.no_grad(), torch.inference_mode(False):
+        for _ in range(3):
+            before = _checksums(watched_tensors(source))
+            snap = copy.deepcopy(source)
+            if _checksums(watched_tensors(snap)) == before: return snap.eval()
+    raise ArgumentError('model: its tensors kept changing while freeze or refresh() copied them (is another thread '
+                        'training it?); freeze it, or call refresh(), once it holds still')
+
+
+def _check_hooks(model):
+    "Forward hooks change what a module computes, and the frozen copies cannot run them as the source does"
+    for name, m in model.named_modules():
+        for kind, hooks in (('forward pre-hook', m._forward_pre_hooks), ('forward hook', m._forward_hooks)):
+            for h in hooks.values():
+                what = getattr(h, '__qualname__', None) or type(h).__name__
+                raise ArgumentError(f"model: module '{name}' ({type(m).__name__}) has a {kind} ({what}), which a "
+                                    f"frozen model cannot run as the source does; remove it (handle.remove()) "
+                                    f"before sr.freeze or refresh(), or run the source model")
+
+
+def _batch_dependent(body):
+    "Whether a module of the (eval) body normalises with the statistics of the batch at hand"
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None and m.running_var is None
+               for m in body.modules())
 
 
 class _FrozenEncoder(nn.Module):
@@ -129,10 +174,9 @@ class _FrozenEncoder(nn.Module):
     def __init__(self, owner):
         super().__init__()
         self.__dict__['owner'] = owner
-        self.body = None
+        self.body, self.per_side = None, False
 
     def forward(self, x):
-        self.owner._fresh()
         _check_input(x, 'x', self.body)
         return self.run(x)
 
@@ -151,7 +195,8 @@ class _FrozenEncoder(nn.Module):
             x = x.to(self.owner.dtype)
             plan = None if pure_torch() else self._plan()
             if plan is None: return self.body(x).float()
-            fast = x.device.type == 'cpu' and torch.backends.mkldnn.enabled
+            # oneDNN's layouts have no empty batch: PyTorch's layout answers one, as PyTorch does.
+            fast = x.device.type == 'cpu' and torch.backends.mkldnn.enabled and x.numel() > 0
             sized = self._sized(x, plan) if fast else None
             if sized is not None:  # dense channels-last: no NaN probes needed
                 graph, tensors = sized
@@ -207,6 +252,7 @@ def _sized_plan(body, x, plan):
     try: got = sized[0].forward(sized[1], [probe.contiguous(memory_format=torch.channels_last)], False)
     except Exception: return None  # a convolution oneDNN refuses in this form: run blocked
     want = plan[0].forward(plan[1], [probe], True)
+    if not want.isfinite().all(): return None  # NaN or infinite weights: the blocked plan keeps them as PyTorch
     ok = got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
     return sized if ok else None
 

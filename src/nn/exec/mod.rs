@@ -119,6 +119,8 @@ impl Graph {
         let (Some(x), x2) = (inputs.next(), inputs.next()) else {
             bail!(Type, "forward() takes {want} input tensor(s), got none")
         };
+        // oneDNN's layouts hold no empty batch: libtorch's own ops answer one as PyTorch does.
+        let fast = fast && x.numel() > 0;
         match (&self.pair, x2) {
             (Some(pair), Some(x2)) => pair.forward(&self.root, x, x2, t, fast),
             _ => {
