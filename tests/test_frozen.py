@@ -127,7 +127,9 @@ def test_bfloat16_decides_as_float32_on_the_digits(digits):
     model = learn.model.eval()
     with torch.no_grad(): p32 = model(x1, x2).softmax(-1)[:, 1]
     p16 = sr.freeze(learn, dtype=torch.bfloat16)(x1, x2).softmax(-1)[:, 1]
-    assert acc > 0.75, acc
+    # The comparison needs a model that learned (chance is 0.5 on these pairs). Its seeded run gave 0.80-0.82 over
+    # seeds (`python bench/training_spread.py --short`), and one seed's number moves with the machine: a wide margin.
+    assert acc > 0.65, acc
     # bfloat16 keeps 8 bits of each activation: P(same) moves by about 2e-3 on average here, and by up to
     # ~1e-2 where it is steepest, about as much as under eager `torch.autocast('cpu', torch.bfloat16)`.
     diff = (p16 - p32).abs()

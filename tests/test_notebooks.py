@@ -22,8 +22,14 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
                    allow_errors=False).execute()
     errors = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.output_type == 'error']
     assert not errors
-    if path.name == 'siamese_tutorial.ipynb': assert validation_accuracy(nb) > 0.9
-    if path.name == 'pair_search.ipynb':  # 10 digits: a model that had not learned would find its class 1 time in 10
+    # A seeded training run does not give the same numbers on every machine and build (the same cells have given a
+    # pair accuracy of 0.90 and 0.93), so the outcomes are held to margins below the spread measured over seeds and
+    # runs (`python bench/training_spread.py`, bench/RESULTS.md): pair accuracy 0.90-0.95, top-1 retrieval
+    # 0.81-0.88, same digit in matches 96.6-100%. Chance is 0.5, 0.1 and about 10%: a model that did not learn
+    # fails each by far.
+    if path.name == 'siamese_tutorial.ipynb': assert validation_accuracy(nb) > 0.8
+    if path.name == 'pair_search.ipynb':
+        assert validation_accuracy(nb) > 0.8
         assert printed(nb, r'top-1 retrieval accuracy (\d\.\d+)') > 0.7
         assert printed(nb, r'(\d+\.\d)% of them the same digit') > 80
 
