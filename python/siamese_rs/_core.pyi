@@ -4,8 +4,8 @@ from typing import Any, TypeAlias, final
 
 import torch
 
-__all__ = ['kinds', 'archs', 'build_arch', 'create_head', 'first_conv', 'Graph', 'PairHead', 'pair_isa', 'checksums',
-           'sample_digest', 'NativeSiameseModel', 'TORCH_VERSION']
+__all__ = ['kinds', 'archs', 'build_arch', 'create_head', 'state_shapes', 'first_conv', 'Graph', 'PairHead', 'pair_isa',
+           'checksums', 'sample_digest', 'NativeSiameseModel', 'TORCH_VERSION']
 
 TORCH_VERSION: str
 
