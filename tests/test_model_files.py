@@ -2,12 +2,10 @@
 built, by `sr.load_model` (an sr exception naming the file and the field) and by the command line (one line on
 stderr, exit status 1, never a panic); the command line computes the fingerprint from the weights it loaded."""
 import json
-import os
 import resource
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +17,7 @@ from safetensors.torch import save_file
 import siamese_rs as sr
 from siamese_rs.export import METADATA_KEY
 from siamese_rs.index import fingerprint
-
-CLI = Path(os.environ.get('SIAMESE_RS_CLI', ''))
-needs_cli = pytest.mark.skipif(not CLI.is_file(), reason='set SIAMESE_RS_CLI to the built siamese-rs binary')
+from test_cli import CLI  # the binary `make cli` built (SIAMESE_RS_CLI), or one cargo builds now: never skipped
 
 
 def small(arch='squeezenet1_1', seed=0, **head):
@@ -271,7 +267,6 @@ def assert_one_line_error(r, match=None):
         assert re.search(match, lines[0]), lines[0]
 
 
-@needs_cli
 @pytest.mark.parametrize('path,value,match', BAD_FIELDS + BAD_SHAPES, ids=lambda v: str(v)[:30])
 def test_cli_refuses_a_bad_field(good, tmp_path, path, value, match):
     f = _bad_doc(good, tmp_path, path, value)
@@ -283,7 +278,6 @@ def test_cli_refuses_a_bad_field(good, tmp_path, path, value, match):
         assert field.split('.')[-1] in r.stderr, r.stderr
 
 
-@needs_cli
 def test_cli_refuses_a_header_that_does_not_fit(good, tmp_path):
     path, doc, tensors = good
     for changed, _ in _header_cases(tensors):
@@ -296,7 +290,6 @@ def test_cli_refuses_a_header_that_does_not_fit(good, tmp_path):
         assert_one_line_error(run_cli('info', tmp_path / 'o.safetensors'), 'not a siamese-rs model file')
 
 
-@needs_cli
 @pytest.mark.parametrize('arch,head', [('resnet18', {}), ('squeezenet1_1', {'y_range': (0, 5), 'ps': [0.2, 1]}),
                                        ('xresnet18', {'lin_first': True, 'bn_final': True, 'lin_ftrs': [32, 16],
                                                       'y_range': (-1.5, 2.25), 'concat_pool': False}),
@@ -316,7 +309,6 @@ def test_cli_computes_pythons_fingerprint(arch, head, tmp_path):
     assert json.loads(r.stdout)['fingerprint'] == fingerprint(sr.load_model(f)) == fingerprint(model)
 
 
-@needs_cli
 def test_cli_refuses_a_gallery_after_the_weights_were_replaced(good, tmp_path):
     "A gallery built with the model is refused once the file's weights are replaced (same shapes, valid file)"
     path, doc, tensors = good
@@ -341,7 +333,6 @@ def test_cli_refuses_a_gallery_after_the_weights_were_replaced(good, tmp_path):
     assert_one_line_error(run_cli('index', 'search', model, tmp_path / 'g.sri', imgs[0], '-k', 2), 'another model')
 
 
-@needs_cli
 @settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_cli_fuzzed_files_exit_with_a_one_line_error(good, tmp_path_factory, data):
